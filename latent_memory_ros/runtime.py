@@ -1,0 +1,240 @@
+"""The student network at run time, without ROS: ONNX session, carried state, pre-processing.
+
+The node and the offline evaluation both drive a :class:`StudentRuntime`; it knows
+nothing of messages, topics or clocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from latent_memory_ros import cues, geometry
+from latent_memory_ros.model_format import (
+    STATE_INIT_FILE,
+    STEP_FILE,
+    ModelError,
+    ModelSpec,
+    file_sha256,
+    load_spec,
+)
+
+__all__ = [
+    "DEFAULT_PROVIDERS",
+    "CameraMotionFromOdometry",
+    "ModelError",
+    "StepResult",
+    "StudentRuntime",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROVIDERS = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CPUExecutionProvider",
+)
+_GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider"}
+_ODOM_INVALID = np.array([[0, 0, 0, 0, 0, 0, 1, 0]], dtype=np.float32)
+
+
+@dataclass
+class StepResult:
+    pose: np.ndarray  # (7,) camera optical frame in the start camera frame, xyz_qxyzw
+    log_var: np.ndarray  # (6,) log variance of this frame's motion: x, y, z, rx, ry, rz
+    step_ms: float
+
+
+class CameraMotionFromOdometry:
+    """Turns successive base poses from wheel odometry into camera motions per frame."""
+
+    def __init__(self, base_to_camera: np.ndarray) -> None:
+        self.base_to_camera = np.asarray(base_to_camera, dtype=np.float64)
+        self._camera_to_base = geometry.inverse(self.base_to_camera)
+        self._last: np.ndarray | None = None
+
+    def update(self, odom_base_pose: np.ndarray) -> np.ndarray | None:
+        """Camera motion since the previous update (``T_prev_cur``), None on the first."""
+        pose = np.asarray(odom_base_pose, dtype=np.float64)
+        last, self._last = self._last, pose
+        if last is None:
+            return None
+        base_motion = geometry.relative(last, pose)
+        return geometry.compose(
+            geometry.compose(self._camera_to_base, base_motion), self.base_to_camera
+        )
+
+    def reset(self) -> None:
+        self._last = None
+
+
+class StudentRuntime:
+    """One exported student: call :meth:`step` once per camera frame, in order."""
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        providers: tuple[str, ...] | list[str] | None = DEFAULT_PROVIDERS,
+        warmup: int = 3,
+        intra_op_threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.spec: ModelSpec = load_spec(model_dir)
+        step_path = self.spec.directory / STEP_FILE
+        if not step_path.is_file():
+            raise ModelError(f"{step_path}: file missing")
+        expected = self.spec.sha256.get(STEP_FILE)
+        if expected is None:
+            raise ModelError(f"{self.spec.directory / 'model.json'}: field 'sha256.{STEP_FILE}' missing")
+        if file_sha256(step_path) != expected:
+            raise ModelError(
+                f"{step_path}: sha256 does not match field 'sha256.{STEP_FILE}' of model.json"
+                " (the graph was changed after export)"
+            )
+        requested = list(providers or DEFAULT_PROVIDERS)
+        available = set(ort.get_available_providers())
+        usable = [p for p in requested if p in available] or ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(step_path), options, providers=usable)
+        except Exception as err:  # onnxruntime raises several unrelated types
+            raise ModelError(f"{step_path}: onnxruntime cannot load it ({err})") from err
+        self.requested_providers = requested
+        self.active_providers = list(self._session.get_providers())
+        wanted_gpu = [p for p in requested if p in _GPU_PROVIDERS]
+        active_gpu = [p for p in self.active_providers if p in _GPU_PROVIDERS]
+        self.fallback_warning: str | None = None
+        if wanted_gpu and not active_gpu:
+            self.fallback_warning = (
+                f"requested {', '.join(wanted_gpu)} but running on {', '.join(self.active_providers)}"
+            )
+            log.warning("latent_memory runtime: %s", self.fallback_warning)
+        self._check_graph(step_path)
+        self._init_state = self._load_init_state()
+        self._mean = np.array(self.spec.mean, dtype=np.float32).reshape(3, 1, 1) * 255.0
+        self._inv_std = 1.0 / (np.array(self.spec.std, dtype=np.float32).reshape(3, 1, 1) * 255.0)
+        self._cue_config = cues.CueConfig(
+            width=int(self.spec.cues.get("width", 320)), height=int(self.spec.cues.get("height", 240))
+        )
+        self._cue_intrinsics = cues.scale_intrinsics(
+            self.spec.intrinsics, self._cue_config.width / self.spec.image_width
+        )
+        self.reset()
+        for _ in range(warmup):
+            self.step(np.zeros((self.spec.image_height, self.spec.image_width, 3), np.uint8))
+        self.reset()
+
+    def _check_graph(self, step_path: Path) -> None:
+        meta = self.spec.directory / "model.json"
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        want_in = {"image": [1, 3, self.spec.image_height, self.spec.image_width]}
+        want_in |= {"odom": [1, 8], "dt": [1, 1], "cues": [1, cues.CUE_DIM]}
+        for name, shape in list(want_in.items()):
+            if name in ("odom", "dt", "cues") and name not in self.spec.inputs_optional:
+                if name in inputs:
+                    raise ModelError(
+                        f"{meta}: field 'inputs_optional' lacks '{name}' but {step_path.name} "
+                        f"takes input '{name}'"
+                    )
+                del want_in[name]
+        for s in self.spec.state:
+            want_in[f"state.{s.name}"] = list(s.shape)
+        want_out = {"pose": [1, 7], "log_var": [1, 6]}
+        want_out |= {f"state_out.{s.name}": list(s.shape) for s in self.spec.state}
+        for kind, have, want in (("input", inputs, want_in), ("output", outputs, want_out)):
+            extra = set(have) - set(want)
+            if extra:
+                raise ModelError(
+                    f"{meta}: {step_path.name} has {kind}s {sorted(extra)} that field "
+                    "'state' / 'inputs_optional' does not describe"
+                )
+            for name, shape in want.items():
+                if name not in have:
+                    raise ModelError(f"{meta}: {step_path.name} lacks {kind} '{name}'")
+                if list(have[name].shape) != shape:
+                    raise ModelError(
+                        f"{meta}: {step_path.name} {kind} '{name}' has shape "
+                        f"{list(have[name].shape)}, model.json implies {shape}"
+                    )
+        if "cues" in self.spec.inputs_optional and self.spec.cues.get("version") != cues.CUES_VERSION:
+            raise ModelError(
+                f"{meta}: field 'cues.version' is '{self.spec.cues.get('version')}', "
+                f"this runtime computes '{cues.CUES_VERSION}'"
+            )
+
+    def _load_init_state(self) -> dict[str, np.ndarray]:
+        path = self.spec.directory / STATE_INIT_FILE
+        saved = dict(np.load(path)) if path.is_file() else {}
+        state = {}
+        for s in self.spec.state:
+            value = saved.get(s.name, np.zeros(s.shape, dtype=s.dtype))
+            if value.shape != s.shape:
+                raise ModelError(f"{path}: array '{s.name}' has shape {value.shape}, want {s.shape}")
+            state[s.name] = value.astype(s.dtype)
+        return state
+
+    def reset(self) -> None:
+        """Forget everything: memory, pose and the previous frame."""
+        self._state = {k: v.copy() for k, v in self._init_state.items()}
+        self._prev_gray: np.ndarray | None = None
+        self.frames = 0
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The carried state tensors (copies), e.g. for snapshots."""
+        return {k: v.copy() for k, v in self._state.items()}
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 HxWx3 of any size to the normalised ``[1, 3, H, W]`` input."""
+        size = (self.spec.image_width, self.spec.image_height)
+        if rgb.shape[1::-1] != size:
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        chw = rgb.transpose(2, 0, 1).astype(np.float32)
+        return ((chw - self._mean) * self._inv_std)[None]
+
+    def step(
+        self, rgb: np.ndarray, odom_motion: np.ndarray | None = None, dt: float | None = None
+    ) -> StepResult:
+        """Feed one frame; returns the pose of this frame's camera in the start frame."""
+        start = time.perf_counter()
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
+        feed = {"image": self.preprocess(rgb)}
+        names = self.spec.inputs_optional
+        if "cues" in names:
+            gray = cues.to_gray(rgb, self._cue_config)
+            feed["cues"] = cues.two_view_cues(
+                self._prev_gray, gray, self._cue_intrinsics, self._cue_config
+            )[None]
+            self._prev_gray = gray
+        if "odom" in names:
+            if odom_motion is None:
+                feed["odom"] = _ODOM_INVALID
+            else:
+                feed["odom"] = np.append(odom_motion, 1.0).astype(np.float32)[None]
+        if "dt" in names:
+            feed["dt"] = np.array([[dt if dt is not None else 0.0]], dtype=np.float32)
+        for name, value in self._state.items():
+            feed[f"state.{name}"] = value
+        outputs = self._session.run(None, feed)
+        result = dict(zip((o.name for o in self._session.get_outputs()), outputs))
+        for name in self._state:
+            self._state[name] = result[f"state_out.{name}"]
+        self.frames += 1
+        pose = result["pose"][0].astype(np.float64)
+        pose[3:] /= np.linalg.norm(pose[3:])
+        return StepResult(
+            pose=pose,
+            log_var=result["log_var"][0].astype(np.float64),
+            step_ms=(time.perf_counter() - start) * 1e3,
+        )

@@ -1,0 +1,112 @@
+"""Held-out accuracy of an exported model beside the baselines a user would compare with.
+
+Every sequence runs through the same :class:`StudentRuntime` the node uses (ONNX, cues,
+carried state), with and without odometry, next to integrating the wheel odometry and a
+no-motion estimate; each also on its left-right mirrored copy, so that a learned constant
+rotation offset cannot pass for accuracy. Metrics come from evo through
+:func:`latent_memory_ros.evaluation.trajectory_metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from latent_memory_ros import geometry
+from latent_memory_ros.evaluation import trajectory_metrics
+from latent_memory_ros.runtime import CameraMotionFromOdometry, StudentRuntime
+from latent_memory_training.data.generate import mirror
+from latent_memory_training.data.prepare import odometry_motions
+from latent_memory_training.data.sequence import Sequence
+
+METHODS = ("model_odom", "model_images", "odometry", "no_motion")
+KEYS = ("ate_rmse_m", "ate_sim3_rmse_m", "rpe_trans_m", "rpe_rot_deg")
+
+
+def run_model(rt: StudentRuntime, seq: Sequence, use_odom: bool) -> tuple[np.ndarray, list[float]]:
+    rt.reset()
+    to_camera = CameraMotionFromOdometry(seq.base_to_camera)
+    poses, times = [], []
+    prev_stamp = None
+    for t in range(len(seq)):
+        motion = to_camera.update(seq.odom_base[t]) if use_odom else None
+        dt = 0.0 if prev_stamp is None else float(seq.stamps[t] - prev_stamp)
+        prev_stamp = seq.stamps[t]
+        res = rt.step(seq.images[t], odom_motion=motion, dt=dt)
+        poses.append(res.pose)
+        times.append(res.step_ms)
+    return np.array(poses), times
+
+
+def evaluate_sequence(rt: StudentRuntime, seq: Sequence) -> dict:
+    gt, stamps = seq.gt_camera, seq.stamps
+    estimates = {}
+    step_ms: list[float] = []
+    for name, use_odom in (("model_odom", True), ("model_images", False)):
+        est, times = run_model(rt, seq, use_odom)
+        estimates[name] = est
+        step_ms += times
+    odom = odometry_motions(seq)[:, :7].astype(np.float64)
+    estimates["odometry"] = geometry.integrate(odom)
+    estimates["no_motion"] = np.tile(geometry.IDENTITY, (len(seq), 1))
+    row = {m: trajectory_metrics(stamps, est, stamps, gt) for m, est in estimates.items()}
+    row["step_ms"] = step_ms
+    return row
+
+
+def evaluate(model_dir: Path, paths: list[Path], mirrored: bool = True) -> dict:
+    rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"])
+    per_sequence = []
+    for path in tqdm(paths, desc="held-out"):
+        seq = Sequence.load(path)
+        copies = [("", seq)] + ([("mirrored", mirror(seq))] if mirrored else [])
+        for variant, s in copies:
+            row = evaluate_sequence(rt, s)
+            times = row.pop("step_ms")
+            per_sequence.append({"sequence": s.name, "variant": variant or "original",
+                                 "frames": len(s), **row, "step_ms_p50": float(np.percentile(times, 50))})
+    summary = {}
+    for variant in sorted({r["variant"] for r in per_sequence}):
+        rows = [r for r in per_sequence if r["variant"] == variant]
+        summary[variant] = {
+            m: {k: float(np.mean([r[m][k] for r in rows])) for k in KEYS} for m in METHODS
+        }
+        summary[variant]["sequences"] = len(rows)
+    return {"model": str(model_dir), "summary": summary, "per_sequence": per_sequence}
+
+
+def markdown_table(result: dict) -> str:
+    lines = [
+        "| variant | method | ATE SE(3) (m) | ATE Sim(3) (m) | RPE trans (m/frame) | RPE rot (°/frame) |",
+        "|---|---|---|---|---|---|",
+    ]
+    labels = {
+        "model_odom": "student, images + odometry",
+        "model_images": "student, images only",
+        "odometry": "integrating the wheel odometry",
+        "no_motion": "no motion (fixed pose)",
+    }
+    for variant, methods in result["summary"].items():
+        for m in METHODS:
+            v = methods[m]
+            lines.append(
+                f"| {variant} ({methods['sequences']} seq) | {labels[m]} | {v['ate_rmse_m']:.3f} | "
+                f"{v['ate_sim3_rmse_m']:.3f} | {v['rpe_trans_m']:.4f} | {v['rpe_rot_deg']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from latent_memory_training.data.prepare import find_sequences
+
+    paths = find_sequences(args.data)
+    if args.limit:
+        paths = paths[: args.limit]
+    result = evaluate(args.model, paths, mirrored=not args.no_mirror)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(markdown_table(result))
+    return 0

@@ -1,0 +1,132 @@
+"""``latent_memory_train``: render data, fit a model, export it for the node.
+
+Heavy imports (torch) happen inside the sub-commands, so ``render`` runs without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    for f in dataclasses.fields(cls):
+        default = f.default
+        flag = "--" + prefix + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, type=int, nargs="+", default=list(default))
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+
+
+def _dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = ""):
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, (prefix + f.name).replace("-", "_"))
+        values[f.name] = tuple(value) if isinstance(f.default, tuple) else value
+    return cls(**values)
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from latent_memory_training.data.prepare import find_sequences, load_prepared
+    from latent_memory_training.models.config import ModelConfig
+    from latent_memory_training.training.config import TrainConfig
+    from latent_memory_training.training.fit import fit
+
+    model_cfg = _dataclass_from_args(ModelConfig, args, "model_")
+    train_cfg = _dataclass_from_args(TrainConfig, args)
+    w, h = model_cfg.image_width, model_cfg.image_height
+    train_paths = find_sequences(args.data)
+    if not train_paths:
+        print(f"error: no cached renders (*.npz) in {args.data}", file=sys.stderr)
+        return 2
+    print(f"preparing {len(train_paths)} training sequences ...", flush=True)
+    train = load_prepared(train_paths, w, h)
+    val = load_prepared(find_sequences(args.val), w, h) if args.val else []
+    best = fit(train, val, args.out, model_cfg, train_cfg, resume=args.resume)
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from latent_memory_training.export.onnx_export import export_model
+    from latent_memory_training.models.config import ModelConfig
+    from latent_memory_training.models.student import LocalisationModel
+    from latent_memory_training.training.fit import load_model
+
+    if args.random_init:
+        import torch
+
+        torch.manual_seed(args.seed)
+        model, data = LocalisationModel(ModelConfig(cell=args.cell)), {}
+    else:
+        if args.checkpoint is None:
+            print("error: --checkpoint is required unless --random-init", file=sys.stderr)
+            return 2
+        model, data = load_model(args.checkpoint)
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
+    training = {k: data[k] for k in ("train_config", "step", "history") if k in data}
+    if args.data_summary:
+        training["data"] = json.loads(Path(args.data_summary).read_text())
+    out = export_model(model, args.out, args.name or Path(args.out).name, training, metrics)
+    print(f"exported {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from latent_memory_training.data.cli_render import add_render_arguments
+    from latent_memory_training.models.config import ModelConfig
+    from latent_memory_training.training.config import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="latent_memory_train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    render = sub.add_parser("render", help="render synthetic runs (world.md) to rosbag2, TUM or npz")
+    add_render_arguments(render)
+
+    fit = sub.add_parser("fit", help="train a model on cached renders")
+    fit.add_argument("--data", type=Path, required=True, help="folder of cached renders (*.npz)")
+    fit.add_argument("--val", type=Path, help="folder of validation renders (*.npz)")
+    fit.add_argument("--out", type=Path, required=True, help="folder for checkpoints")
+    fit.add_argument("--resume", type=Path, help="checkpoint to resume from (last.pt)")
+    _add_dataclass_arguments(fit, ModelConfig, "model-")
+    _add_dataclass_arguments(fit, TrainConfig)
+
+    export = sub.add_parser("export", help="export a checkpoint to models/NAME for the node")
+    export.add_argument("--checkpoint", type=Path)
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--name")
+    export.add_argument("--cell", default="kinaema")
+    export.add_argument("--random-init", action="store_true", help="export an untrained model")
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--metrics", type=Path, help="JSON of metrics measured before export")
+    export.add_argument("--data-summary", type=Path, help="JSON describing the training data")
+    heldout = sub.add_parser("heldout", help="held-out accuracy of an exported model and baselines")
+    heldout.add_argument("--model", type=Path, required=True)
+    heldout.add_argument("--data", type=Path, required=True, help="folder of held-out renders (*.npz)")
+    heldout.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    heldout.add_argument("--no-mirror", action="store_true", help="skip the mirrored copies")
+    heldout.add_argument("--limit", type=int, default=0, help="only the first N sequences")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "render":
+        from latent_memory_training.data.cli_render import run_render
+
+        return run_render(args) or 0
+    if args.command == "heldout":
+        from latent_memory_training.benchmark.heldout import run
+
+        return run(args)
+    return {"fit": _run_fit, "export": _run_export}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The localisation model: image encoder + motion token + memory cell + pose heads.
+
+Per frame it reads the image, the wheel-odometry motion of the camera (when given) and
+the classical two-view cues, and integrates a pose. The lessons of the first experiments
+(docs/lessons.md in shared/) shape the heads:
+
+- with odometry the motion is odometry's, minus a tracked rotation bias, plus a learned
+  correction that starts at zero, so an untrained model is exactly as good as odometry;
+- the bias is a filter state: it moves towards (odometry rotation - vision rotation) at a
+  learned, cue-quality dependent rate, so averaging over hundreds of frames removes
+  the odometry's slow yaw drift;
+- without odometry the rotation comes from the cues and the translation is a learned
+  speed along the camera's forward axis, again plus a learned correction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from latent_memory_training.models import so3
+from latent_memory_training.models.cells import CELLS, MemoryCell, State
+from latent_memory_training.models.config import ModelConfig
+from latent_memory_ros.cues import CUE_DIM
+
+# Per-frame motions are centimetres and centiradians; this brings them to O(1).
+MOTION_SCALE = 30.0
+
+
+class ImageEncoder(nn.Module):
+    """Strided convolutions to a coarse grid of tokens with learned positions."""
+
+    def __init__(self, width: int, height: int, dim: int) -> None:
+        super().__init__()
+        chans = [3, 16, 32, 48, dim]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GELU()]
+        self.net = nn.Sequential(*layers)
+        grid = (height // 16) * (width // 16)
+        self.position = nn.Parameter(torch.randn(grid, dim) * 0.02)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image).flatten(2).transpose(1, 2) + self.position
+
+
+class LocalisationModel(nn.Module):
+    """``step(state, obs) -> (state, out)`` with obs keys image, odom, dt, cues."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.encoder = ImageEncoder(config.image_width, config.image_height, d)
+        self.motion_features = 8 + CUE_DIM
+        self.motion_token = nn.Sequential(
+            nn.Linear(self.motion_features, d), nn.GELU(), nn.Linear(d, d)
+        )
+        self.cell: MemoryCell = CELLS[config.cell](slots=config.slots, dim=d, heads=config.heads)
+        self.trunk = nn.Sequential(
+            nn.Linear(self.cell.readout_dim + self.motion_features, config.hidden), nn.GELU()
+        )
+        self.delta = nn.Linear(config.hidden, 6)
+        self.log_var = nn.Linear(config.hidden, 6)
+        self.speed = nn.Linear(config.hidden, 1)
+        self.bias_rate = nn.Linear(self.motion_features, 1)
+        nn.init.zeros_(self.delta.weight)
+        nn.init.zeros_(self.delta.bias)
+        nn.init.zeros_(self.log_var.weight)
+        nn.init.constant_(self.log_var.bias, -9.0)  # about (1 cm)^2 per frame
+        nn.init.zeros_(self.speed.weight)
+        nn.init.constant_(self.speed.bias, _inverse_softplus(config.initial_speed * MOTION_SCALE))
+        nn.init.zeros_(self.bias_rate.weight)
+        nn.init.constant_(self.bias_rate.bias, _logit(config.initial_bias_rate))
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**self.cell.state_shapes, "pose": (7,), "bias": (3,)}
+
+    def initial_state(self, batch: int) -> State:
+        state = self.cell.initial_state(batch)
+        pose = torch.zeros(batch, 7)
+        pose[:, 6] = 1.0
+        return {**state, "pose": pose, "bias": torch.zeros(batch, 3)}
+
+    def step(self, state: State, obs: dict[str, torch.Tensor]) -> tuple[State, dict]:
+        odom, cues = obs["odom"], obs["cues"]
+        odom_valid = odom[:, 7:8]
+        odom_rot = so3.quat_to_rotvec(odom[:, 3:7]) * odom_valid
+        odom_trans = odom[:, 0:3] * odom_valid
+        cue_valid = (cues[:, 8:9] > 0).to(cues.dtype)
+        vision_rot = cues[:, 12:15] * cue_valid
+        features = torch.cat(
+            [odom_rot * MOTION_SCALE, odom_trans * MOTION_SCALE, odom_valid,
+             obs["dt"] * MOTION_SCALE, _scale_cues(cues)],
+            dim=-1,
+        )
+        tokens = torch.cat([self.motion_token(features)[:, None], self.encoder(obs["image"])], 1)
+        cell_state = {k: state[k] for k in self.cell.state_shapes}
+        cell_state, readout = self.cell.step(cell_state, tokens)
+        h = self.trunk(torch.cat([readout, features], dim=-1))
+
+        rate = torch.sigmoid(self.bias_rate(features)) * odom_valid * cue_valid
+        bias = state["bias"] + rate * ((odom_rot - vision_rot) - state["bias"])
+        delta = self.delta(h) / MOTION_SCALE
+        speed = nn.functional.softplus(self.speed(h)) / MOTION_SCALE
+        forward = torch.zeros_like(odom_trans)
+        forward[:, 2] = 1.0
+        rot = odom_valid * (odom_rot - bias) + (1 - odom_valid) * vision_rot + delta[:, :3]
+        # Without odometry and without cues (a run's first frame) nothing says we moved.
+        prior = (1 - odom_valid) * cue_valid * speed * forward
+        trans = odom_valid * odom_trans + prior + delta[:, 3:]
+        motion = so3.motion_to_pose(rot, trans)
+        pose = so3.compose(state["pose"], motion)
+        new_state = {**cell_state, "pose": pose, "bias": bias}
+        return new_state, {"pose": pose, "motion": motion, "log_var": self.log_var(h), "bias": bias}
+
+    def rollout(
+        self, state: State, obs: dict[str, torch.Tensor]
+    ) -> tuple[State, dict[str, torch.Tensor]]:
+        """Step through ``[B, T, ...]`` observations; outputs stacked along time."""
+        outs = []
+        for t in range(obs["image"].shape[1]):
+            state, out = self.step(state, {k: v[:, t] for k, v in obs.items()})
+            outs.append(out)
+        return state, {k: torch.stack([o[k] for o in outs], dim=1) for k in outs[0]}
+
+
+def _scale_cues(cues: torch.Tensor) -> torch.Tensor:
+    # Rotations and flows are per-frame small quantities; ratios and directions are O(1).
+    scale = torch.tensor(
+        [1.0] + [MOTION_SCALE] * 3 + [1.0] * 5 + [MOTION_SCALE] * 3 + [MOTION_SCALE] * 3
+    )
+    return cues * scale
+
+
+def _logit(p: float) -> float:
+    return float(torch.log(torch.tensor(p / (1 - p))))
+
+
+def _inverse_softplus(y: float) -> float:
+    return float(torch.log(torch.expm1(torch.tensor(y))))
