@@ -1,8 +1,8 @@
 """Classical two-view motion cues that the student network takes beside the image.
 
 A network trained briefly on two CPU cores does not learn yaw from pixels (see the
-project's lessons); tracked corners and an essential matrix give it an unbiased, noisy
-rotation and a translation direction for free. The same function runs in training (on
+project's lessons); tracked corners and a small linear motion-field fit give it a
+nearly unbiased, noisy rotation and a translation direction for free. The same function runs in training (on
 cached renders) and in the runtime (on live frames), so the network sees one definition.
 """
 
@@ -13,17 +13,18 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-CUES_VERSION = "lk-essential/1"
+CUES_VERSION = "lk-heading/1"
 CUE_DIM = 15
 # Layout of the cue vector (documented in docs/model-format.md):
-#   0      valid (1 when the two-view estimate succeeded)
-#   1:4    rotation of the current camera in the previous camera frame, rotation vector (rad)
-#   4:7    unit translation direction of the current camera in the previous camera frame
-#   7      RANSAC inlier ratio of the essential matrix
+#   0      valid (1 when enough corners tracked)
+#   1:4    rotation of the current camera in the previous camera frame, rotation vector
+#          (rad), translation-compensated (see rotation_and_heading)
+#   4:7    unit translation direction (heading) of the current camera, z >= 0
+#   7      share of tracks kept by the robust fit
 #   8      tracked corners / max_corners
 #   9:11   median flow (dx, dy) in normalised image units (pixels / fx)
 #   11     median flow magnitude in normalised units
-#   12:15  rotation from a least-squares fit of the rotational motion field (rad)
+#   12:15  rotation from a rotation-only fit of the flow (rad)
 
 
 @dataclass(frozen=True)
@@ -50,21 +51,66 @@ def to_gray(rgb: np.ndarray, config: CueConfig) -> np.ndarray:
     return gray
 
 
-def _rotation_from_flow(p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
-    """Small rotation whose motion field best explains the flow, translation ignored.
-
-    For a rotation w (current camera in previous frame) a point x in normalised
-    coordinates moves by the rotational motion field; solve the 3-parameter linear
-    least squares problem.
-    """
+def _rotational_field(p0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows a_u, a_v with flow = (a_u . w, a_v . w) for a small camera rotation w."""
     x, y = p0[:, 0], p0[:, 1]
-    du, dv = p1[:, 0] - x, p1[:, 1] - y
     a_u = np.stack([x * y, -(1 + x * x), y], axis=1)
     a_v = np.stack([1 + y * y, -x * y, -x], axis=1)
-    a = np.concatenate([a_u, a_v])
-    b = np.concatenate([du, dv])
-    w, *_ = np.linalg.lstsq(a, b, rcond=None)
-    return w
+    return a_u, a_v
+
+
+def _robust_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Least squares, then again without rows whose residual exceeds 3x the median."""
+    x, *_ = np.linalg.lstsq(a, b, rcond=None)
+    r = np.abs(a @ x - b)
+    keep = r <= 3.0 * np.median(r) + 1e-12
+    if keep.sum() >= a.shape[1] + 2:
+        x, *_ = np.linalg.lstsq(a[keep], b[keep], rcond=None)
+    return x
+
+
+def rotation_and_heading(
+    p0: np.ndarray, p1: np.ndarray, iterations: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Small rotation and translation direction from sparse flow (normalised coordinates).
+
+    A rotation-only fit is biased whenever the camera also translates (the radial flow
+    of near, off-centre surfaces leaks into yaw), and the essential matrix is degenerate
+    at these baselines. Instead fit the rotation w and the focus of expansion (a, b)
+    jointly: each point's de-rotated flow d must point away from the focus, so the 2-D
+    cross product of d with (x - a, y - b), divided by that vector's length, vanishes.
+    Damped Gauss-Newton on these 5 parameters from the rotation-only fit, with the
+    worst tracks (residual over 3x the median) dropped after the first pass.
+    Returns (rotation, heading (unit, z >= 0), rotation-only rotation, share kept).
+    """
+    a_u, a_v = _rotational_field(p0)
+    flow = p1 - p0
+    w_pure = _robust_lstsq(np.concatenate([a_u, a_v]), np.concatenate(flow.T))
+    params = np.concatenate([w_pure, [0.0, 0.0]])
+    keep = np.ones(len(p0), dtype=bool)
+    damping = 1e-3
+    for it in range(iterations):
+        w, foe = params[:3], params[3:]
+        d = flow - np.stack([a_u @ w, a_v @ w], axis=1)
+        e = p0 - foe
+        n = np.maximum(np.linalg.norm(e, axis=1), 0.05)
+        num = d[:, 0] * e[:, 1] - d[:, 1] * e[:, 0]
+        r = num / n
+        if it == 1:
+            keep = np.abs(r) <= 3.0 * np.median(np.abs(r)) + 1e-12
+        jac = np.column_stack(
+            [
+                -(a_u * e[:, 1:2] - a_v * e[:, 0:1]) / n[:, None],
+                d[:, 1] / n + num * e[:, 0] / n**3,
+                -d[:, 0] / n + num * e[:, 1] / n**3,
+            ]
+        )[keep]
+        jtj = jac.T @ jac
+        step = np.linalg.solve(jtj + damping * np.diag(np.diag(jtj) + 1e-12), -jac.T @ r[keep])
+        params = params + step
+        params[3:] = np.clip(params[3:], -2.0, 2.0)
+    heading = np.array([params[3], params[4], 1.0])
+    return params[:3], heading / np.linalg.norm(heading), w_pure, float(keep.mean())
 
 
 def two_view_cues(
@@ -96,21 +142,12 @@ def two_view_cues(
     out[8] = ok.sum() / config.max_corners
     out[9:11] = np.median(flow, axis=0)
     out[11] = np.median(np.linalg.norm(flow, axis=1))
-    out[12:15] = _rotation_from_flow(p0, p1)
-    e, inliers = cv2.findEssentialMat(
-        p0, p1, np.eye(3), method=cv2.RANSAC, prob=0.999, threshold=config.ransac_px / fx
-    )
-    if e is None or e.shape != (3, 3):
-        return out
-    _, r, t, _ = cv2.recoverPose(e, p0, p1, np.eye(3), mask=inliers.copy())
-    # recoverPose maps previous-camera points into the current camera: x1 = R x0 + t.
-    # The current camera in the previous frame is the inverse: rotation R^T, centre -R^T t.
-    rot_vec, _ = cv2.Rodrigues(r.T)
-    direction = -(r.T @ t)[:, 0]
+    rotation, heading, rotation_only, inliers = rotation_and_heading(p0, p1)
     out[0] = 1.0
-    out[1:4] = rot_vec[:, 0]
-    out[4:7] = direction / max(np.linalg.norm(direction), 1e-9)
-    out[7] = float(inliers.mean())
+    out[1:4] = rotation
+    out[4:7] = heading
+    out[7] = inliers
+    out[12:15] = rotation_only
     return out
 
 

@@ -6,6 +6,8 @@ nothing of messages, topics or clocks.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import time
 from dataclasses import dataclass
@@ -104,8 +106,12 @@ class StudentRuntime:
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # onnxruntime print()s its own provider fallback to stdout, which would corrupt a
+        # CLI's output: capture it and fold the reason into our warning instead.
+        ep_messages = io.StringIO()
         try:
-            self._session = ort.InferenceSession(str(step_path), options, providers=usable)
+            with contextlib.redirect_stdout(ep_messages):
+                self._session = ort.InferenceSession(str(step_path), options, providers=usable)
         except Exception as err:  # onnxruntime raises several unrelated types
             raise ModelError(f"{step_path}: onnxruntime cannot load it ({err})") from err
         self.requested_providers = requested
@@ -114,8 +120,10 @@ class StudentRuntime:
         active_gpu = [p for p in self.active_providers if p in _GPU_PROVIDERS]
         self.fallback_warning: str | None = None
         if wanted_gpu and not active_gpu:
+            reason = " ".join(ep_messages.getvalue().split())
             self.fallback_warning = (
-                f"requested {', '.join(wanted_gpu)} but running on {', '.join(self.active_providers)}"
+                f"requested {', '.join(wanted_gpu)} but running on "
+                f"{', '.join(self.active_providers)}" + (f" ({reason[:300]})" if reason else "")
             )
             log.warning("latent_memory runtime: %s", self.fallback_warning)
         self._check_graph(step_path)

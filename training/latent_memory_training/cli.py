@@ -46,8 +46,8 @@ def _run_fit(args: argparse.Namespace) -> int:
         print(f"error: no cached renders (*.npz) in {args.data}", file=sys.stderr)
         return 2
     print(f"preparing {len(train_paths)} training sequences ...", flush=True)
-    train = load_prepared(train_paths, w, h)
-    val = load_prepared(find_sequences(args.val), w, h) if args.val else []
+    train = load_prepared(train_paths, w, h, jobs=args.jobs)
+    val = load_prepared(find_sequences(args.val), w, h, jobs=args.jobs) if args.val else []
     best = fit(train, val, args.out, model_cfg, train_cfg, resume=args.resume)
     print(f"best checkpoint: {best}")
     return 0
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--val", type=Path, help="folder of validation renders (*.npz)")
     fit.add_argument("--out", type=Path, required=True, help="folder for checkpoints")
     fit.add_argument("--resume", type=Path, help="checkpoint to resume from (last.pt)")
+    fit.add_argument("--jobs", type=int, default=1, help="processes preparing uncached data")
     _add_dataclass_arguments(fit, ModelConfig, "model-")
     _add_dataclass_arguments(fit, TrainConfig)
 

@@ -10,6 +10,7 @@ cues from :mod:`latent_memory_ros.cues`, odometry turned into camera motion by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
@@ -86,19 +87,25 @@ def prepare(seq: Sequence, width: int, height: int) -> PreparedSequence:
     )
 
 
-def load_prepared(paths: list[Path], width: int, height: int) -> list[PreparedSequence]:
+def _prepare_cached(job: tuple[Path, int, int]) -> Path:
+    path, width, height = job
+    cached = path.with_name(f"{path.stem}.{width}x{height}.prep.npz")
+    if not (cached.is_file() and cached.stat().st_mtime >= path.stat().st_mtime):
+        prepare(Sequence.load(path), width, height).save(cached)
+    return cached
+
+
+def load_prepared(
+    paths: list[Path], width: int, height: int, jobs: int = 1
+) -> list[PreparedSequence]:
     """Prepared sequences for cached renders (``.npz``), preparing and caching on first use."""
-    out = []
-    for path in paths:
-        path = Path(path)
-        cached = path.with_name(f"{path.stem}.{width}x{height}.prep.npz")
-        if cached.is_file() and cached.stat().st_mtime >= path.stat().st_mtime:
-            out.append(PreparedSequence.load(cached))
-            continue
-        prepared = prepare(Sequence.load(path), width, height)
-        prepared.save(cached)
-        out.append(prepared)
-    return out
+    work = [(Path(p), width, height) for p in paths]
+    if jobs > 1:
+        with get_context("spawn").Pool(jobs) as pool:
+            cached = pool.map(_prepare_cached, work)
+    else:
+        cached = [_prepare_cached(job) for job in work]
+    return [PreparedSequence.load(c) for c in cached]
 
 
 def find_sequences(directory: Path) -> list[Path]:

@@ -18,7 +18,7 @@ class ModelConfig:
     heads: int = 4
     hidden: int = 128
     initial_speed: float = 0.02  # m per frame: the images-only translation prior
-    initial_bias_rate: float = 0.01  # per frame: about a 100-frame averaging window
+    initial_bias_rate: float = 0.003  # per frame: about a 300-frame averaging window
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -88,7 +88,7 @@ class LocalisationModel(nn.Module):
         odom_rot = so3.quat_to_rotvec(odom[:, 3:7]) * odom_valid
         odom_trans = odom[:, 0:3] * odom_valid
         cue_valid = (cues[:, 8:9] > 0).to(cues.dtype)
-        vision_rot = cues[:, 12:15] * cue_valid
+        vision_rot = cues[:, 1:4] * cue_valid
         features = torch.cat(
             [odom_rot * MOTION_SCALE, odom_trans * MOTION_SCALE, odom_valid,
              obs["dt"] * MOTION_SCALE, _scale_cues(cues)],

@@ -53,6 +53,7 @@ class Streams:
         self.seq = np.zeros(cfg.batch, dtype=int)
         self.start = np.zeros(cfg.batch, dtype=int)
         self.odom_on = np.ones(cfg.batch, dtype=bool)
+        self.mirrored = np.zeros(cfg.batch, dtype=bool)
 
     def _episode_length(self, step: int) -> int:
         cfg = self.cfg
@@ -71,6 +72,7 @@ class Streams:
             self.pos[b] = self.start[b]
             self.end[b] = self.start[b] + length
             self.odom_on[b] = self.rng.random() >= cfg.odom_drop
+            self.mirrored[b] = self.rng.random() < 0.5
         keys = ("images", "cues", "odom", "gt", "bias", "stamps")
         batch = {k: [] for k in keys}
         for b in range(cfg.batch):
@@ -78,6 +80,7 @@ class Streams:
             for k in keys:
                 batch[k].append(getattr(s, k)[p : p + w])
         arr = {k: np.stack(v) for k, v in batch.items()}
+        _mirror_in_place(arr, self.mirrored)
         first = self.pos == self.start
         # An episode's first frame looks like a run's first frame to the runtime: no
         # previous frame for cues, no previous odometry pose.
@@ -87,6 +90,7 @@ class Streams:
         # Targets: poses in the frame of the episode's first camera.
         origin = np.stack([self.seqs[self.seq[b]].gt[self.start[b]] for b in range(cfg.batch)])
         gt = _relative_np(origin[:, None], arr["gt"])
+        gt[self.mirrored] = geometry.mirror_pose(gt[self.mirrored])
         dt = np.diff(arr["stamps"], axis=1, prepend=arr["stamps"][:, :1])
         dt[first, 0] = 0.0
         self.pos += w
@@ -102,6 +106,22 @@ class Streams:
             "odom_on": torch.from_numpy(self.odom_on.copy()),
         }
         return obs, targets, reset
+
+
+def _mirror_in_place(arr: dict[str, np.ndarray], rows: np.ndarray) -> None:
+    """Left-right mirror the inputs of the chosen streams (targets are mirrored by the
+    caller), so that no constant rotation offset can be learned (shared/docs/lessons.md).
+    Images flip; in the optical frame a mirror is x -> -x, so positions negate x and
+    rotation vectors keep x and negate y and z; the cues' rotations, heading and flow
+    transform the same way."""
+    if not rows.any():
+        return
+    arr["images"][rows] = arr["images"][rows, :, :, ::-1]
+    arr["odom"][rows, :, :7] = geometry.mirror_pose(arr["odom"][rows, :, :7])
+    arr["bias"][rows] *= (1.0, -1.0, -1.0)
+    flip = np.ones(arr["cues"].shape[-1], dtype=np.float32)
+    flip[[2, 3, 4, 9, 13, 14]] = -1.0
+    arr["cues"][rows] *= flip
 
 
 def _relative_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,0 +1,406 @@
+"""Score a model on a recorded run, offline and without ROS: ``latent_memory_eval``.
+
+Every frame of the bag goes through :class:`~latent_memory_ros.runtime.StudentRuntime`
+in order, as fast as the runtime allows. All metrics come from evo's Python API, so they
+equal what ``evo_ape`` / ``evo_rpe`` print for the ``est.tum`` and ``gt.tum`` written here.
+:func:`trajectory_metrics` is the one place that defines them; the demo and the training
+package's benchmark call it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from evo.core import metrics as evo_metrics
+from evo.core.geometry import GeometryException
+from evo.core.sync import SyncException, associate_trajectories
+from evo.core.trajectory import PoseTrajectory3D
+
+from latent_memory_ros import geometry
+from latent_memory_ros.bag import Track, read_run
+
+# Largest stamp difference (s) for two poses to be associated; evo's CLI default.
+MAX_DT = 0.01
+
+# Rows of the printed table: (metrics.json key prefix, label).
+TABLE_ROWS = (("", "model"), ("odom_", "odometry"), ("no_motion_", "no motion"))
+
+
+def to_evo(stamps: np.ndarray, poses: np.ndarray, name: str = "") -> PoseTrajectory3D:
+    """An evo trajectory from stamps (N,) and xyz_qxyzw poses (N, 7)."""
+    poses = np.asarray(poses, dtype=np.float64)
+    traj = PoseTrajectory3D(
+        positions_xyz=poses[:, :3],
+        orientations_quat_wxyz=np.roll(poses[:, 3:], 1, axis=1),
+        timestamps=np.asarray(stamps, dtype=np.float64),
+    )
+    traj.name = name
+    return traj
+
+
+def trajectory_metrics(
+    est_stamps: np.ndarray,
+    est_poses: np.ndarray,
+    gt_stamps: np.ndarray,
+    gt_poses: np.ndarray,
+    max_dt: float = MAX_DT,
+) -> dict[str, Any]:
+    """ATE and RPE of an estimate against ground truth, as evo computes them.
+
+    Poses are associated by nearest stamp within ``max_dt`` (rows of ``est_poses`` with
+    NaN are dropped first). Returns ``matched_poses``, ``ate_rmse_m`` (APE translation
+    RMSE after SE(3) Umeyama alignment, ``evo_ape -a``), ``ate_sim3_rmse_m`` (Sim(3),
+    ``evo_ape -as``), ``rpe_trans_m`` and ``rpe_rot_deg`` (RPE RMSE between consecutive
+    associated poses, ``evo_rpe`` and ``evo_rpe -r angle_deg``) and ``alignment``.
+
+    An estimate whose positions do not spread (a constant pose) makes Umeyama degenerate;
+    it is then aligned by translation only (centroid onto centroid, the best
+    translation-only fit), and ``alignment`` says ``translation``.
+    """
+    est_poses = np.asarray(est_poses, dtype=np.float64)
+    finite = np.all(np.isfinite(est_poses), axis=1)
+    gt = to_evo(gt_stamps, gt_poses, "ground truth")
+    est = to_evo(np.asarray(est_stamps)[finite], est_poses[finite], "estimate")
+    try:
+        gt, est = associate_trajectories(gt, est, max_diff=max_dt)
+    except SyncException as err:  # no stamp in common at all
+        raise ValueError(f"no estimated pose matches the ground truth in time: {err}") from err
+    if est.num_poses < 3:
+        raise ValueError(f"only {est.num_poses} poses match the ground truth in time; need 3")
+
+    result: dict[str, Any] = {"matched_poses": int(est.num_poses), "alignment": "SE(3)"}
+    try:
+        result["ate_rmse_m"] = _ape_rmse(gt, _aligned(est, gt, scale=False))
+        result["ate_sim3_rmse_m"] = _ape_rmse(gt, _aligned(est, gt, scale=True))
+    except GeometryException:
+        result["alignment"] = "translation"
+        result["ate_rmse_m"] = result["ate_sim3_rmse_m"] = _ape_rmse(
+            gt, _translation_aligned(est, gt)
+        )
+    result["rpe_trans_m"] = _rpe_rmse(gt, est, evo_metrics.PoseRelation.translation_part)
+    result["rpe_rot_deg"] = _rpe_rmse(gt, est, evo_metrics.PoseRelation.rotation_angle_deg)
+    return result
+
+
+def no_motion_metrics(
+    stamps: np.ndarray, gt_stamps: np.ndarray, gt_poses: np.ndarray
+) -> dict[str, Any]:
+    """The metrics of a constant pose at ``stamps``: its ATE is the RMS distance of the
+    matched ground-truth positions from their centroid (translation-only alignment, see
+    :func:`trajectory_metrics`); its RPE is the ground truth's own motion per frame."""
+    constant = np.tile(geometry.IDENTITY, (len(stamps), 1))
+    return trajectory_metrics(stamps, constant, gt_stamps, gt_poses)
+
+
+def odometry_camera_poses(odom_base: np.ndarray, base_to_camera: np.ndarray) -> np.ndarray:
+    """Camera poses in the odometry frame from base poses: ``T_odom_cam = T_odom_base T_base_cam``."""
+    return geometry.compose(np.asarray(odom_base, dtype=np.float64), base_to_camera)
+
+
+def baseline_metrics(
+    gt: Track,
+    image_stamps: np.ndarray,
+    odom_base_at_images: np.ndarray | None,
+    base_to_camera: np.ndarray | None,
+) -> dict[str, Any]:
+    """``no_motion_*`` and, given odometry and the mount, ``odom_*`` (the wheel odometry
+    alone, mapped to the camera), both scored at the image stamps as the model is."""
+    out = _prefixed("no_motion_", no_motion_metrics(image_stamps, gt.stamps, gt.poses))
+    if odom_base_at_images is not None and base_to_camera is not None:
+        camera = odometry_camera_poses(odom_base_at_images, base_to_camera)
+        out |= _prefixed("odom_", trajectory_metrics(image_stamps, camera, gt.stamps, gt.poses))
+    return out
+
+
+def write_tum(path: Path, stamps: np.ndarray, poses: np.ndarray) -> None:
+    """TUM trajectory file: one ``stamp tx ty tz qx qy qz qw`` line per finite pose."""
+    poses = np.asarray(poses, dtype=np.float64)
+    finite = np.all(np.isfinite(poses), axis=1)
+    with open(path, "w") as f:
+        for stamp, pose in zip(np.asarray(stamps)[finite], poses[finite], strict=True):
+            f.write(f"{stamp:.9f} " + " ".join(f"{v:.17g}" for v in pose) + "\n")
+
+
+def plot_trajectories(
+    path: Path,
+    gt: tuple[np.ndarray, np.ndarray],
+    estimates: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    title: str,
+) -> None:
+    """Top view of the ground truth and each estimate after SE(3) alignment to it.
+
+    The view is the plane of the two axes along which the ground truth spreads most
+    (the floor for a ground robot, whatever the world frame's convention).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = to_evo(*gt)
+    axes = np.sort(np.argsort(ref.positions_xyz.std(axis=0))[-2:])
+    fig, ax = plt.subplots(figsize=(7, 6.5))
+    xy = ref.positions_xyz[:, axes]
+    ax.plot(xy[:, 0], xy[:, 1], color="black", lw=2, label="ground truth")
+    ax.plot(*xy[0], "o", color="black", ms=6)
+    for label, (stamps, poses) in estimates.items():
+        poses = np.asarray(poses, dtype=np.float64)
+        finite = np.all(np.isfinite(poses), axis=1)
+        if finite.sum() < 3:
+            continue
+        ref_sync, est = associate_trajectories(
+            ref, to_evo(stamps[finite], poses[finite]), max_diff=MAX_DT
+        )
+        try:
+            est = _aligned(est, ref_sync, scale=False)
+        except GeometryException:
+            est = _translation_aligned(est, ref_sync)
+        exy = est.positions_xyz[:, axes]
+        ax.plot(exy[:, 0], exy[:, 1], lw=1.2, label=label)
+    names = "xyz"
+    ax.set_xlabel(f"{names[axes[0]]} (m)")
+    ax.set_ylabel(f"{names[axes[1]]} (m)")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_title(metrics: Mapping[str, Any]) -> str:
+    parts = []
+    for prefix, label in TABLE_ROWS:
+        if f"{prefix}ate_rmse_m" in metrics:
+            parts.append(f"{label} ATE {metrics[f'{prefix}ate_rmse_m']:.3f} m")
+    return f"{metrics.get('model', '')} on {Path(str(metrics.get('bag', ''))).name}\n" + ", ".join(
+        parts
+    )
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> str:
+    """A compact text table of the model and its baselines."""
+    header = (
+        f"{'':<10} {'ATE SE3 m':>10} {'ATE Sim3 m':>11} {'RPE mm/frame':>13} {'RPE deg/frame':>14}"
+    )
+    lines = [header]
+    for prefix, label in TABLE_ROWS:
+        if f"{prefix}ate_rmse_m" not in metrics:
+            continue
+        sim3 = metrics.get(f"{prefix}ate_sim3_rmse_m", float("nan"))
+        lines.append(
+            f"{label:<10} {metrics[f'{prefix}ate_rmse_m']:>10.4f} {sim3:>11.4f} "
+            f"{metrics[f'{prefix}rpe_trans_m'] * 1e3:>13.2f} {metrics[f'{prefix}rpe_rot_deg']:>14.3f}"
+        )
+    if "step_ms_p50" in metrics:
+        lines.append(
+            f"step: p50 {metrics['step_ms_p50']:.2f} ms, p99 {metrics['step_ms_p99']:.2f} ms"
+            f" over {metrics.get('frames', '?')} frames"
+        )
+    return "\n".join(lines)
+
+
+def evaluate_bag(
+    bag: Path,
+    image_topic: str,
+    gt_topic: str,
+    out_dir: Path,
+    model_dir: Path,
+    odom_topic: str | None = None,
+    base_to_camera: Sequence[float] | None = None,
+    odom_input: bool = True,
+    max_frames: int | None = None,
+    providers: Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the model over every frame of a bag; write est.tum, gt.tum, metrics.json and
+    trajectory.png to ``out_dir``; return the metrics."""
+    from tqdm import tqdm
+
+    from latent_memory_ros.runtime import CameraMotionFromOdometry, StudentRuntime
+
+    run = read_run(bag, image_topic, gt_topic=gt_topic, odom_topic=odom_topic)
+    assert run.gt is not None
+    if len(run.gt.stamps) < 3:
+        raise ValueError(f"bag {bag}: topic {gt_topic!r} has {len(run.gt.stamps)} poses; need 3")
+    mount = (
+        np.asarray(base_to_camera, dtype=np.float64)
+        if base_to_camera is not None
+        else run.base_to_camera
+    )
+    runtime = StudentRuntime(model_dir, providers=providers)
+    feed_odom = odom_topic is not None and odom_input and runtime.spec.uses_odom
+    if odom_topic is not None and mount is None:
+        problem = (
+            f"bag {bag} has no static transform to the image frame {run.image_frame_id!r}; "
+            "pass --base-to-camera x y z qx qy qz qw"
+        )
+        if feed_odom:
+            raise ValueError(f"{problem} to feed the odometry to the model")
+        print(f"latent_memory_eval: {problem} to score the odometry baseline", file=sys.stderr)
+    frames = len(run) if max_frames is None else min(max_frames, len(run))
+    stamps = run.image_stamps[:frames]
+    odom_base = run.odom_at(stamps) if odom_topic is not None else None
+    motion = CameraMotionFromOdometry(mount) if feed_odom else None
+
+    poses = np.full((frames, 7), np.nan)
+    step_ms = np.zeros(frames)
+    previous = None
+    images = tqdm(
+        run.images(frames), total=frames, unit="frame", disable=not progress, file=sys.stderr
+    )
+    for i, (stamp, rgb) in enumerate(images):
+        odom_motion = None
+        if motion is not None and odom_base is not None:
+            if np.all(np.isfinite(odom_base[i])):
+                odom_motion = motion.update(odom_base[i])
+            else:
+                motion.reset()  # else the next motion would span two frames
+        dt = stamp - previous if previous is not None and stamp > previous else None
+        result = runtime.step(rgb, odom_motion=odom_motion, dt=dt)
+        poses[i], step_ms[i], previous = result.pose, result.step_ms, stamp
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_tum(out_dir / "est.tum", stamps, poses)
+    write_tum(out_dir / "gt.tum", run.gt.stamps, run.gt.poses)
+    metrics: dict[str, Any] = {
+        "frames": frames,
+        "frames_with_pose": int(np.all(np.isfinite(poses), axis=1).sum()),
+        **trajectory_metrics(stamps, poses, run.gt.stamps, run.gt.poses),
+        "step_ms_p50": float(np.percentile(step_ms, 50)),
+        "step_ms_p99": float(np.percentile(step_ms, 99)),
+        **baseline_metrics(run.gt, stamps, odom_base, mount),
+        "odom_input": feed_odom,
+        "model": runtime.spec.name,
+        "model_dir": str(model_dir),
+        "bag": str(bag),
+        "providers": list(runtime.active_providers),
+    }
+    estimates = {"model": (stamps, poses)}
+    if odom_base is not None and mount is not None:
+        write_tum(out_dir / "odom.tum", stamps, odometry_camera_poses(odom_base, mount))
+        estimates["odometry"] = (stamps, odometry_camera_poses(odom_base, mount))
+    plot_trajectories(
+        out_dir / "trajectory.png", (run.gt.stamps, run.gt.poses), estimates, plot_title(metrics)
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def default_model_dir() -> Path:
+    """The node's default model (installed share dir, else the source checkout's)."""
+    # node.py owns the lookup; importing it pulls in rclpy, so only when needed.
+    from latent_memory_ros.node import default_model_dir as node_default
+
+    return node_default()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latent_memory_eval",
+        description="Run an exported model over every frame of a rosbag2 offline and score "
+        "it with evo (ATE after SE(3)/Sim(3) alignment, RPE) against ground truth, odometry "
+        "and a no-motion baseline.",
+    )
+    parser.add_argument(
+        "--bag", type=Path, required=True, help="rosbag2 directory (mcap or sqlite3)"
+    )
+    parser.add_argument(
+        "--image-topic", default="/camera/image_raw", help="sensor_msgs/Image topic"
+    )
+    parser.add_argument(
+        "--gt-topic",
+        default="/ground_truth/pose",
+        help="ground-truth camera pose topic (PoseStamped, Odometry or TransformStamped)",
+    )
+    parser.add_argument("--odom-topic", help="nav_msgs/Odometry topic: model input and baseline")
+    parser.add_argument("--model", type=Path, help="exported model directory (default: the node's)")
+    parser.add_argument(
+        "--base-to-camera",
+        type=float,
+        nargs=7,
+        metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
+        help="camera optical frame in the odometry child frame (default: from /tf_static)",
+    )
+    parser.add_argument(
+        "--no-odom-input",
+        action="store_true",
+        help="do not feed odometry to the model (it is still scored as a baseline)",
+    )
+    parser.add_argument("--max-frames", type=int, help="only the first N frames")
+    parser.add_argument("--providers", nargs="+", help="onnxruntime execution providers, in order")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``latent_memory_eval``; returns the exit code."""
+    from latent_memory_ros.bag import BagTopicError
+    from latent_memory_ros.model_format import ModelError
+
+    args = build_parser().parse_args(argv)
+    try:
+        metrics = evaluate_bag(
+            bag=args.bag,
+            image_topic=args.image_topic,
+            gt_topic=args.gt_topic,
+            out_dir=args.out,
+            model_dir=args.model or default_model_dir(),
+            odom_topic=args.odom_topic,
+            base_to_camera=args.base_to_camera,
+            odom_input=not args.no_odom_input,
+            max_frames=args.max_frames,
+            providers=args.providers,
+            progress=not args.no_progress,
+        )
+    except (BagTopicError, ModelError, FileNotFoundError, ValueError) as err:
+        print(f"latent_memory_eval: error: {err}", file=sys.stderr)
+        return 2
+    print(metrics_table(metrics))
+    print(f"wrote {args.out}/est.tum, gt.tum, metrics.json, trajectory.png")
+    return 0
+
+
+def _aligned(est: PoseTrajectory3D, ref: PoseTrajectory3D, scale: bool) -> PoseTrajectory3D:
+    est = copy.deepcopy(est)
+    est.align(ref, correct_scale=scale)
+    return est
+
+
+def _translation_aligned(est: PoseTrajectory3D, ref: PoseTrajectory3D) -> PoseTrajectory3D:
+    est = copy.deepcopy(est)
+    shift = np.eye(4)
+    shift[:3, 3] = ref.positions_xyz.mean(axis=0) - est.positions_xyz.mean(axis=0)
+    est.transform(shift)
+    return est
+
+
+def _ape_rmse(ref: PoseTrajectory3D, est: PoseTrajectory3D) -> float:
+    ape = evo_metrics.APE(evo_metrics.PoseRelation.translation_part)
+    ape.process_data((ref, est))
+    return float(ape.get_statistic(evo_metrics.StatisticsType.rmse))
+
+
+def _rpe_rmse(
+    ref: PoseTrajectory3D, est: PoseTrajectory3D, relation: evo_metrics.PoseRelation
+) -> float:
+    rpe = evo_metrics.RPE(relation, delta=1, delta_unit=evo_metrics.Unit.frames, all_pairs=False)
+    rpe.process_data((ref, est))
+    return float(rpe.get_statistic(evo_metrics.StatisticsType.rmse))
+
+
+def _prefixed(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{k}": v for k, v in values.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

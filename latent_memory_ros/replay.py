@@ -1,0 +1,324 @@
+"""A minimal rosbag2 player over DDS, for machines without ``ros2 bag play``.
+
+The bag is read with ``rosbags``; each raw CDR message becomes the installed rclpy
+message class through ``rclpy.serialization.deserialize_message`` (which also checks that
+the recorded type matches the installed definition) and is published on its topic.
+
+Two modes:
+
+- paced: messages at their recorded times, scaled by ``rate``;
+- lock-step: one image at a time; before it, every other message stamped up to the
+  image's stamp; after it, wait until a message stamped with that image's stamp arrives
+  on an acknowledgement topic (the node's ``~/pose``) or a timeout. No frame is dropped
+  however slow the node is, and each round trip is measured.
+
+The player spins its node while it waits, so callbacks the caller added to the same node
+(e.g. a subscription collecting poses) run during playback; nothing else may spin it then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geometry_msgs.msg import PoseStamped
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (
+    QoSDurabilityPolicy,
+    QoSHistoryPolicy,
+    QoSProfile,
+    QoSReliabilityPolicy,
+)
+from rclpy.serialization import deserialize_message
+from rosbags.highlevel import AnyReader
+from rosbags.typesys import Stores, get_typestore
+
+DEFAULT_ACK_TOPIC = "/latent_memory_node/pose"
+
+# Reliable publishers reach both reliable and best-effort subscribers.
+DEFAULT_QOS = QoSProfile(
+    history=QoSHistoryPolicy.KEEP_LAST, depth=10, reliability=QoSReliabilityPolicy.RELIABLE
+)
+# Late subscribers (a node started after playback began) must still get the mount.
+TF_STATIC_QOS = QoSProfile(
+    history=QoSHistoryPolicy.KEEP_LAST,
+    depth=100,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+)
+
+
+def message_class(msgtype: str) -> type:
+    """The rclpy class of ``pkg/msg/Name``."""
+    try:
+        from rosidl_runtime_py.utilities import get_message
+    except ImportError:
+        package, kind, name = msgtype.split("/")
+        try:
+            return getattr(importlib.import_module(f"{package}.{kind}"), name)
+        except (ImportError, AttributeError) as err:
+            raise LookupError(
+                f"message type {msgtype} is not installed (e.g. pip install "
+                f"ros-{package.replace('_', '-')})"
+            ) from err
+    return get_message(msgtype)
+
+
+@dataclass
+class PlaybackStats:
+    """What a playback did."""
+
+    published: dict[str, int] = field(default_factory=dict)  # per topic
+    images: int = 0
+    acked: int = 0
+    timed_out: int = 0
+    round_trip_ms: list[float] = field(default_factory=list)  # publish -> ack, per acked image
+    skipped_topics: dict[str, str] = field(default_factory=dict)  # topic -> why
+    wall_s: float = 0.0
+
+
+@dataclass
+class _Message:
+    topic: str
+    log_ns: int
+    stamp_ns: int  # header stamp, or the log time for messages without a header
+    msg: Any
+
+
+class BagPlayer:
+    """Publishes a bag's messages on their topics from ``node``.
+
+    ``topics`` limits playback to those topics (default: all). ``qos`` overrides the QoS of
+    single topics; otherwise topics are reliable, depth 10, and ``/tf_static`` is also
+    transient-local.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        bag_dir: str | Path,
+        topics: Sequence[str] | None = None,
+        qos: Mapping[str, QoSProfile] | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        self.node = node
+        self.bag_dir = Path(bag_dir)
+        if not self.bag_dir.exists():
+            raise FileNotFoundError(f"bag {self.bag_dir} does not exist")
+        self._typestore = get_typestore(Stores.LATEST)
+        with self._reader() as reader:
+            available = {c.topic: c.msgtype for c in reader.connections}
+        missing = sorted(set(topics or ()) - set(available))
+        if missing:
+            listing = ", ".join(sorted(available))
+            raise LookupError(
+                f"bag {self.bag_dir} has no topic {', '.join(missing)}; its topics are: {listing}"
+            )
+        self.stats = PlaybackStats()
+        self._classes: dict[str, type] = {}
+        self._publishers: dict[str, Any] = {}
+        for topic in topics or sorted(available):
+            try:
+                cls = message_class(available[topic])
+            except LookupError as err:
+                self.stats.skipped_topics[topic] = str(err)
+                node.get_logger().warning(f"not playing {topic}: {err}")
+                continue
+            profile = (qos or {}).get(topic) or (
+                TF_STATIC_QOS if topic == "/tf_static" else DEFAULT_QOS
+            )
+            self._classes[topic] = cls
+            self._publishers[topic] = node.create_publisher(cls, topic, profile)
+        if executor is None:
+            executor = SingleThreadedExecutor(context=node.context)
+            executor.add_node(node)
+        self._executor = executor
+        self._awaiting: int | None = None
+        self._acked_at: float | None = None
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self._publishers)
+
+    def wait_for_subscribers(
+        self, topics: Sequence[str], timeout: float, settle: float = 0.5
+    ) -> bool:
+        """Spin until every topic in ``topics`` has a subscriber, then ``settle`` seconds
+        more; False on timeout.
+
+        The settling time is there because discovery is not symmetric: a subscriber this
+        side already counts may not have matched this publisher yet, and would miss the
+        first messages.
+        """
+        deadline = time.monotonic() + timeout
+        while any(self._publishers[t].get_subscription_count() == 0 for t in topics):
+            if time.monotonic() > deadline:
+                return False
+            self._executor.spin_once(timeout_sec=0.05)
+        self._spin_until(time.monotonic() + settle)
+        return True
+
+    def play(self, rate: float = 1.0) -> PlaybackStats:
+        """Publish every message at its recorded time divided by ``rate`` (0: no pauses)."""
+        start = time.monotonic()
+        first_ns: int | None = None
+        for message in self._messages():
+            first_ns = message.log_ns if first_ns is None else first_ns
+            if rate > 0:
+                self._spin_until(start + (message.log_ns - first_ns) * 1e-9 / rate)
+            self._publish(message)
+        self.stats.wall_s += time.monotonic() - start
+        return self.stats
+
+    def play_lockstep(
+        self,
+        image_topic: str,
+        ack_topic: str = DEFAULT_ACK_TOPIC,
+        timeout: float = 5.0,
+        first_timeout: float | None = None,
+    ) -> PlaybackStats:
+        """Publish one image at a time and wait for its acknowledgement on ``ack_topic``.
+
+        The acknowledgement is a PoseStamped on ``ack_topic`` stamped with the image's
+        stamp, as the node publishes ``~/pose``. ``first_timeout`` (default
+        ``timeout``) covers the first image, which may meet a model still warming up.
+        """
+        if image_topic not in self._publishers:
+            raise LookupError(f"image topic {image_topic} is not among the played topics")
+        ack = self.node.create_subscription(PoseStamped, ack_topic, self._on_ack, 10)
+        start = time.monotonic()
+        pending: list[_Message] = []
+        try:
+            for message in self._messages():
+                if message.topic != image_topic:
+                    pending.append(message)
+                    continue
+                due = [m for m in pending if m.stamp_ns <= message.stamp_ns]
+                pending = [m for m in pending if m.stamp_ns > message.stamp_ns]
+                for m in due:
+                    self._publish(m)
+                wait = timeout if self.stats.images or first_timeout is None else first_timeout
+                self._publish_and_wait(message, wait)
+            for m in pending:
+                self._publish(m)
+        finally:
+            self.node.destroy_subscription(ack)
+        self.stats.wall_s += time.monotonic() - start
+        return self.stats
+
+    def _publish_and_wait(self, image: _Message, timeout: float) -> None:
+        self._awaiting, self._acked_at = image.stamp_ns, None
+        sent = time.monotonic()
+        self._publish(image)
+        self.stats.images += 1
+        deadline = sent + timeout
+        while self._acked_at is None and time.monotonic() < deadline:
+            self._executor.spin_once(timeout_sec=min(0.05, max(deadline - time.monotonic(), 0)))
+        if self._acked_at is None:
+            self.stats.timed_out += 1
+        else:
+            self.stats.acked += 1
+            self.stats.round_trip_ms.append((self._acked_at - sent) * 1e3)
+        self._awaiting = None
+
+    def _on_ack(self, msg: PoseStamped) -> None:
+        if self._awaiting is None or self._acked_at is not None:
+            return
+        if _stamp_ns(msg.header) == self._awaiting:
+            self._acked_at = time.monotonic()
+
+    def _spin_until(self, t: float) -> None:
+        while (remaining := t - time.monotonic()) > 0:
+            self._executor.spin_once(timeout_sec=remaining)
+
+    def _publish(self, message: _Message) -> None:
+        self._publishers[message.topic].publish(message.msg)
+        self.stats.published[message.topic] = self.stats.published.get(message.topic, 0) + 1
+
+    def _reader(self) -> AnyReader:
+        return AnyReader([self.bag_dir], default_typestore=self._typestore)
+
+    def _messages(self) -> Iterator[_Message]:
+        with self._reader() as reader:
+            connections = [c for c in reader.connections if c.topic in self._publishers]
+            for conn, log_ns, raw in reader.messages(connections):
+                msg = deserialize_message(bytes(raw), self._classes[conn.topic])
+                header = getattr(msg, "header", None)
+                stamp = _stamp_ns(header) if header is not None else log_ns
+                yield _Message(conn.topic, log_ns, stamp, msg)
+
+
+def _stamp_ns(header: Any) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latent_memory_replay",
+        description="Play a rosbag2 (mcap or sqlite3) over DDS without ros2 bag: paced by "
+        "its stamps, or lock-step with a node (one image, then wait for its pose).",
+    )
+    parser.add_argument("--bag", type=Path, required=True, help="rosbag2 directory")
+    parser.add_argument("--topics", nargs="+", help="topics to play (default: all)")
+    parser.add_argument(
+        "--rate", type=float, default=1.0, help="paced mode: speed factor (0: as fast as possible)"
+    )
+    parser.add_argument(
+        "--lockstep", action="store_true", help="wait for each image's pose on --ack-topic"
+    )
+    parser.add_argument("--image-topic", default="/camera/image_raw", help="lock-step image topic")
+    parser.add_argument(
+        "--ack-topic",
+        default=DEFAULT_ACK_TOPIC,
+        help="lock-step: PoseStamped stamped like the image",
+    )
+    parser.add_argument("--timeout", type=float, default=5.0, help="lock-step: seconds per image")
+    parser.add_argument(
+        "--wait-for-subscribers",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for a subscriber on the image topic (lock-step) before starting",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``latent_memory_replay``; returns the exit code."""
+    import rclpy
+
+    args = build_parser().parse_args(argv)
+    rclpy.init()
+    node = Node("latent_memory_replay")
+    try:
+        player = BagPlayer(node, args.bag, args.topics)
+        if args.lockstep:
+            if not player.wait_for_subscribers([args.image_topic], args.wait_for_subscribers):
+                print(f"no subscriber on {args.image_topic}; playing anyway", file=sys.stderr)
+            stats = player.play_lockstep(args.image_topic, args.ack_topic, args.timeout)
+        else:
+            stats = player.play(args.rate)
+    except (LookupError, FileNotFoundError) as err:
+        print(f"latent_memory_replay: error: {err}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 130
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    total = sum(stats.published.values())
+    print(f"published {total} messages in {stats.wall_s:.1f} s: {stats.published}")
+    if args.lockstep:
+        print(f"images acked {stats.acked}/{stats.images}, timed out {stats.timed_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Offline evaluation: metrics equal what evo's own CLI prints for the files we write."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_bag import BASE_TO_CAMERA, write_test_bag
+
+from latent_memory_ros import geometry, runtime
+from latent_memory_ros.evaluation import (
+    main,
+    no_motion_metrics,
+    trajectory_metrics,
+    write_tum,
+)
+
+EVO_RTOL = 1e-6
+METRIC_KEYS = {
+    "frames",
+    "frames_with_pose",
+    "ate_rmse_m",
+    "ate_sim3_rmse_m",
+    "rpe_trans_m",
+    "rpe_rot_deg",
+    "step_ms_p50",
+    "step_ms_p99",
+    "no_motion_ate_rmse_m",
+    "model",
+    "bag",
+    "providers",
+}
+ODOM_KEYS = {"odom_ate_rmse_m", "odom_rpe_trans_m", "odom_rpe_rot_deg"}
+
+
+def evo_rmse(tool: str, gt: Path, est: Path, *flags: str) -> float:
+    """The RMSE that ``evo_ape`` / ``evo_rpe`` computes for two TUM files."""
+    exe = shutil.which(tool)
+    if exe is None:
+        pytest.skip(f"{tool} (evo's CLI) is not installed")
+    results = est.with_name(f"{tool}{''.join(flags)}.zip")
+    results.unlink(missing_ok=True)
+    subprocess.run(
+        [exe, "tum", str(gt), str(est), *flags, "--save_results", str(results), "--no_warnings"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    with zipfile.ZipFile(results) as z:
+        return float(json.loads(z.read("stats.json"))["rmse"])
+
+
+def assert_matches_evo_cli(metrics: dict, gt: Path, est: Path, prefix: str = "") -> None:
+    expected = {
+        "ate_rmse_m": evo_rmse("evo_ape", gt, est, "-a"),
+        "ate_sim3_rmse_m": evo_rmse("evo_ape", gt, est, "-as"),
+        "rpe_trans_m": evo_rmse("evo_rpe", gt, est),
+        "rpe_rot_deg": evo_rmse("evo_rpe", gt, est, "-r", "angle_deg"),
+    }
+    for key, value in expected.items():
+        assert metrics[prefix + key] == pytest.approx(value, rel=EVO_RTOL), key
+
+
+def loop_trajectory(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A camera driving a wobbly loop with yaw along it, 30 Hz stamps."""
+    rng = np.random.default_rng(seed)
+    angle = np.linspace(0.0, 2.2 * np.pi, n)
+    poses = np.zeros((n, 7))
+    poses[:, 0] = 3.0 * np.sin(angle) + rng.normal(0, 0.01, n)
+    poses[:, 1] = 2.0 * (1.0 - np.cos(angle))
+    poses[:, 2] = 0.8 + 0.05 * np.sin(5 * angle)
+    poses[:, 3:] = np.stack(
+        [geometry.euler_to_quat(rng.normal(0, 0.02), rng.normal(0, 0.05), a) for a in angle]
+    )
+    return 1_700_000_000.0 + np.arange(n) / 30.0, poses
+
+
+def test_trajectory_metrics_match_evo_cli(tmp_path: Path) -> None:
+    stamps, gt = loop_trajectory(300)
+    rng = np.random.default_rng(1)
+    # The estimate: another frame, another scale, drifting yaw, noise, a gap and NaNs.
+    drift = geometry.integrate(
+        np.tile(np.array([0.0, 0.0, 0.0, *geometry.euler_to_quat(0, 0, 2e-3)]), (300, 1))
+    )
+    est = geometry.compose(drift, gt)
+    est[:, :3] *= 0.8
+    est[:, :3] += rng.normal(0, 0.03, (300, 3))
+    est = geometry.compose(np.array([5.0, -2.0, 1.0, *geometry.euler_to_quat(0.1, -0.2, 1.0)]), est)
+    keep = np.ones(300, bool)
+    keep[100:110] = False
+    est[200:203] = np.nan
+
+    metrics = trajectory_metrics(stamps[keep], est[keep], stamps, gt)
+
+    write_tum(tmp_path / "gt.tum", stamps, gt)
+    write_tum(tmp_path / "est.tum", stamps[keep], est[keep])
+    assert len((tmp_path / "est.tum").read_text().splitlines()) == 287  # NaN rows left out
+    assert metrics["matched_poses"] == 287
+    assert metrics["alignment"] == "SE(3)"
+    assert metrics["ate_sim3_rmse_m"] < metrics["ate_rmse_m"]
+    assert_matches_evo_cli(metrics, tmp_path / "gt.tum", tmp_path / "est.tum")
+
+
+def test_perfect_estimate_scores_zero() -> None:
+    stamps, gt = loop_trajectory(50)
+    moved = geometry.compose(np.array([1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 1.0]), gt)
+    metrics = trajectory_metrics(stamps, moved, stamps, gt)
+    for key in ("ate_rmse_m", "ate_sim3_rmse_m", "rpe_trans_m", "rpe_rot_deg"):
+        assert metrics[key] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_no_motion_is_the_spread_of_the_ground_truth(tmp_path: Path) -> None:
+    stamps, gt = loop_trajectory(120)
+    metrics = no_motion_metrics(stamps, stamps, gt)
+
+    spread = np.sqrt(np.mean(np.sum((gt[:, :3] - gt[:, :3].mean(axis=0)) ** 2, axis=1)))
+    assert metrics["alignment"] == "translation"
+    assert metrics["ate_rmse_m"] == pytest.approx(spread, rel=1e-9)
+    # evo's CLI on the same constant pose placed at the centroid, without alignment.
+    constant = np.tile([*gt[:, :3].mean(axis=0), 0.0, 0.0, 0.0, 1.0], (len(stamps), 1))
+    write_tum(tmp_path / "gt.tum", stamps, gt)
+    write_tum(tmp_path / "still.tum", stamps, constant)
+    evo_ate = evo_rmse("evo_ape", tmp_path / "gt.tum", tmp_path / "still.tum")
+    assert metrics["ate_rmse_m"] == pytest.approx(evo_ate, rel=EVO_RTOL)
+    assert metrics["rpe_trans_m"] == pytest.approx(
+        evo_rmse("evo_rpe", tmp_path / "gt.tum", tmp_path / "still.tum"), rel=EVO_RTOL
+    )
+
+
+def test_too_few_matches_is_an_error() -> None:
+    stamps, gt = loop_trajectory(10)
+    with pytest.raises(ValueError, match="matches the ground truth"):
+        trajectory_metrics(stamps + 5.0, gt, stamps, gt)
+    with pytest.raises(ValueError, match="only 2 poses match"):
+        trajectory_metrics(stamps[:2], gt[:2], stamps, gt)
+
+
+class OdometryEchoRuntime:
+    """Stands in for StudentRuntime: integrates the odometry motion it is fed, so the
+    evaluation's odometry plumbing can be checked without an exported model."""
+
+    instances: list[OdometryEchoRuntime] = []
+
+    def __init__(self, model_dir: Path, providers: object = None, warmup: int = 3) -> None:
+        self.spec = types.SimpleNamespace(name="odometry-echo", uses_odom=True)
+        self.active_providers = ["CPUExecutionProvider"]
+        self.pose = geometry.IDENTITY.copy()
+        self.shapes: set[tuple[int, ...]] = set()
+        self.dts: list[float | None] = []
+        OdometryEchoRuntime.instances.append(self)
+
+    def step(
+        self, rgb: np.ndarray, odom_motion: np.ndarray | None = None, dt: float | None = None
+    ) -> types.SimpleNamespace:
+        self.shapes.add(rgb.shape)
+        self.dts.append(dt)
+        if odom_motion is not None:
+            self.pose = geometry.compose(self.pose, odom_motion)
+        return types.SimpleNamespace(pose=self.pose.copy(), log_var=np.zeros(6), step_ms=1.0)
+
+
+@pytest.fixture
+def echo_runtime(monkeypatch: pytest.MonkeyPatch) -> type[OdometryEchoRuntime]:
+    OdometryEchoRuntime.instances.clear()
+    monkeypatch.setattr(runtime, "StudentRuntime", OdometryEchoRuntime)
+    return OdometryEchoRuntime
+
+
+def eval_args(bag: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--bag",
+        str(bag),
+        "--image-topic",
+        "/camera/image_raw",
+        "--gt-topic",
+        "/ground_truth/pose",
+        "--model",
+        str(bag.parent / "unused-model"),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_eval_cli_feeds_odometry_through_the_mount(
+    tmp_path: Path, echo_runtime: type[OdometryEchoRuntime], capsys: pytest.CaptureFixture
+) -> None:
+    truth = write_test_bag(tmp_path / "bag", frames=40, size=(16, 12), odom_scale=1.05)
+
+    assert main(eval_args(tmp_path / "bag", tmp_path / "out", "--odom-topic", "/odom")) == 0
+
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert METRIC_KEYS | ODOM_KEYS <= set(metrics)
+    assert metrics["frames"] == metrics["frames_with_pose"] == 40
+    assert metrics["model"] == "odometry-echo" and metrics["odom_input"] is True
+    runtime_used = echo_runtime.instances[0]
+    assert runtime_used.shapes == {(12, 16, 3)}
+    assert runtime_used.dts[0] is None
+    assert runtime_used.dts[1] == pytest.approx(1 / 30, abs=1e-6)
+    # Echoing the odometry reproduces the odometry baseline exactly: the motions were
+    # mapped to the camera with the mount from /tf_static.
+    for key in ("ate_rmse_m", "ate_sim3_rmse_m", "rpe_trans_m", "rpe_rot_deg"):
+        assert metrics[key] == pytest.approx(metrics[f"odom_{key}"], rel=1e-6, abs=1e-9)
+    assert metrics["ate_rmse_m"] > 1e-3  # the odometry's 5 % scale error shows
+    assert metrics["ate_sim3_rmse_m"] < 1e-6  # and is all Sim(3) alignment removes
+    out = tmp_path / "out"
+    assert_matches_evo_cli(metrics, out / "gt.tum", out / "est.tum")
+    assert_matches_evo_cli(metrics, out / "gt.tum", out / "odom.tum", prefix="odom_")
+    spread = np.sqrt(np.mean(np.sum((truth.gt[:, :3] - truth.gt[:, :3].mean(0)) ** 2, axis=1)))
+    assert metrics["no_motion_ate_rmse_m"] == pytest.approx(spread, rel=1e-9)
+    assert (out / "trajectory.png").stat().st_size > 10_000
+    table = capsys.readouterr().out
+    assert "odometry" in table and "no motion" in table
+
+
+def test_eval_cli_without_odometry_input(
+    tmp_path: Path, echo_runtime: type[OdometryEchoRuntime]
+) -> None:
+    write_test_bag(tmp_path / "bag", frames=20, size=(16, 12))
+    mount = [str(v) for v in BASE_TO_CAMERA]
+    args = ["--odom-topic", "/odom", "--no-odom-input", "--max-frames", "15"]
+    assert (
+        main(eval_args(tmp_path / "bag", tmp_path / "out", *args, "--base-to-camera", *mount)) == 0
+    )
+
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["frames"] == 15 and metrics["odom_input"] is False
+    # Without its input the echo stands still: the no-motion baseline on these frames.
+    assert metrics["alignment"] == "translation"
+    assert metrics["ate_rmse_m"] == pytest.approx(metrics["no_motion_ate_rmse_m"], rel=1e-9)
+
+
+def test_eval_cli_reports_a_missing_topic(
+    tmp_path: Path, echo_runtime: type[OdometryEchoRuntime], capsys: pytest.CaptureFixture
+) -> None:
+    write_test_bag(tmp_path / "bag", frames=3)
+    args = eval_args(tmp_path / "bag", tmp_path / "out", "--odom-topic", "/wheel_odom")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "/wheel_odom" in err and "/odom (nav_msgs/msg/Odometry)" in err
+
+
+def test_eval_cli_runs_the_shipped_model(tmp_path: Path, model_dir: Path) -> None:
+    write_test_bag(tmp_path / "bag", frames=12, size=(64, 48))
+    args = eval_args(tmp_path / "bag", tmp_path / "out", "--odom-topic", "/odom")
+    args[args.index("--model") + 1] = str(model_dir)
+    assert main(args) == 0
+
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert METRIC_KEYS | ODOM_KEYS <= set(metrics)
+    assert metrics["frames_with_pose"] == 12
+    assert np.isfinite(metrics["ate_rmse_m"]) and metrics["step_ms_p50"] > 0
+    assert metrics["providers"]
+    assert_matches_evo_cli(metrics, tmp_path / "out" / "gt.tum", tmp_path / "out" / "est.tum")

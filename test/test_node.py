@@ -1,0 +1,456 @@
+"""The node as users run it: a separate process, talked to over real DDS on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import rclpy
+from builtin_interfaces.msg import Time
+from conftest import REPO, NodeProcess, wait_for
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+
+from latent_memory_ros import geometry
+from latent_memory_ros.node import (
+    PARAMETERS,
+    StartupError,
+    covariance_from_log_var,
+    default_model_dir,
+    image_qos_profile,
+    pose_from_msg,
+    pose_to_msg,
+    twist_between,
+)
+from latent_memory_ros.runtime import StudentRuntime
+
+IMAGE_TOPIC = "/latent_memory_test/image"
+ODOM_TOPIC = "/latent_memory_test/odom"
+CAMERA_FRAME = "test_camera_optical"
+OUTPUT_FRAME = "latent_memory_start"
+PATH_MAX_LENGTH = 5
+STATUS_NAME = "latent_memory_node: runtime"
+TIMEOUT_S = 20.0
+RELIABLE = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
+
+
+def texture_frames(count: int, width: int = 96, height: int = 72) -> list[np.ndarray]:
+    """BGR crops sliding over one smooth random texture: what a camera moving sideways sees."""
+    rng = np.random.default_rng(7)
+    texture = cv2.resize(
+        rng.integers(0, 256, (40, 60, 3), dtype=np.uint8), (600, 400), interpolation=cv2.INTER_CUBIC
+    )
+    return [
+        np.ascontiguousarray(texture[50 : 50 + height, 10 + 12 * k : 10 + 12 * k + width])
+        for k in range(count)
+    ]
+
+
+def image_msg(bgr: np.ndarray, stamp: Time, **overrides: object) -> Image:
+    msg = Image(
+        header=Header(stamp=stamp, frame_id=CAMERA_FRAME),
+        height=bgr.shape[0],
+        width=bgr.shape[1],
+        encoding="bgr8",
+        step=bgr.shape[1] * 3,
+        data=bgr.tobytes(),
+    )
+    for name, value in overrides.items():
+        setattr(msg, name, value)
+    return msg
+
+
+def key(stamp: Time) -> tuple[int, int]:
+    return stamp.sec, stamp.nanosec
+
+
+class Harness:
+    """The test side of the wire: publishers for the node's inputs, recorders of its outputs."""
+
+    def __init__(self, node_process: NodeProcess) -> None:
+        self.node_process = node_process
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("latent_memory_test", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.image_pub = self.node.create_publisher(Image, IMAGE_TOPIC, RELIABLE)
+        self.odom_pub = self.node.create_publisher(Odometry, ODOM_TOPIC, RELIABLE)
+        self.poses: dict[tuple[int, int], PoseStamped] = {}
+        self.odometry: dict[tuple[int, int], Odometry] = {}
+        self.paths: list[PathMsg] = []
+        self.diagnostics: list[DiagnosticStatus] = []
+        self.pose_count = 0
+        for msg_type, topic, record in (
+            (PoseStamped, "/latent_memory_node/pose", self._on_pose),
+            (Odometry, "/latent_memory_node/odometry", self._on_odometry),
+            (PathMsg, "/latent_memory_node/path", self.paths.append),
+            (DiagnosticArray, "/diagnostics", lambda m: self.diagnostics.extend(m.status)),
+        ):
+            self.node.create_subscription(msg_type, topic, record, RELIABLE)
+        self.reset_client = self.node.create_client(Trigger, "/latent_memory_node/reset")
+        self.sent_good = 0
+        self.sent_bad = 0
+        self._clock_ns = 1_000 * 10**9 + 123_456_789
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        self.pose_count += 1
+        self.poses[key(msg.header.stamp)] = msg
+
+    def _on_odometry(self, msg: Odometry) -> None:
+        self.odometry[key(msg.header.stamp)] = msg
+
+    def spin(self) -> None:
+        self.executor.spin_once(timeout_sec=0.02)
+
+    def wait(self, condition: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
+        wait_for(condition, timeout, self.spin, what, self.node_process)
+
+    def connect(self) -> None:
+        # Discovery is asynchronous: publish only once the node's readers have matched ours,
+        # or the first frames vanish.
+        self.wait(lambda: self.image_pub.get_subscription_count() > 0, "image subscription")
+        self.wait(lambda: self.odom_pub.get_subscription_count() > 0, "odometry subscription")
+        for topic in (
+            "/latent_memory_node/pose",
+            "/latent_memory_node/odometry",
+            "/latent_memory_node/path",
+            "/diagnostics",
+        ):
+            self.wait(lambda t=topic: self.node.count_publishers(t) > 0, f"publisher of {topic}")
+        self.wait(self.reset_client.service_is_ready, "the ~/reset service")
+
+    def next_stamp(self) -> Time:
+        # One clock across the module keeps stamps increasing, so odometry recorded by an
+        # earlier test is never the nearest to a later frame.
+        self._clock_ns += 100_000_000
+        return Time(sec=self._clock_ns // 10**9, nanosec=self._clock_ns % 10**9)
+
+    def send_odometry(self, stamp: Time, base_x: float) -> None:
+        msg = Odometry(header=Header(stamp=stamp, frame_id="odom"), child_frame_id="base_link")
+        msg.pose.pose = pose_to_msg(np.array([base_x, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]))
+        self.odom_pub.publish(msg)
+
+    def send_frame(self, bgr: np.ndarray, base_x: float | None = None) -> PoseStamped:
+        """Publish one good frame (and its odometry); return the pose the node answers with."""
+        stamp = self.next_stamp()
+        if base_x is not None:
+            self.send_odometry(stamp, base_x)
+        self.image_pub.publish(image_msg(bgr, stamp))
+        self.sent_good += 1
+        self.wait(lambda: key(stamp) in self.poses, f"the pose for the frame stamped {key(stamp)}")
+        return self.poses[key(stamp)]
+
+    def send_bad_frame(self, bgr: np.ndarray, **overrides: object) -> None:
+        self.image_pub.publish(image_msg(bgr, self.next_stamp(), **overrides))
+        self.sent_bad += 1
+
+    def reset(self) -> Trigger.Response:
+        future = self.reset_client.call_async(Trigger.Request())
+        self.wait(future.done, "the ~/reset response")
+        return future.result()
+
+    def status(
+        self, condition: Callable[[dict[str, str]], bool], name: str = STATUS_NAME
+    ) -> tuple[DiagnosticStatus, dict[str, str]]:
+        """The first diagnostics status of ``name`` whose values satisfy ``condition``."""
+        found: list[tuple[DiagnosticStatus, dict[str, str]]] = []
+
+        def check() -> bool:
+            for status in self.diagnostics:
+                values = {kv.key: kv.value for kv in status.values}
+                if status.name == name and condition(values):
+                    found.append((status, values))
+                    return True
+            return False
+
+        self.wait(check, f"a {name!r} diagnostics status that matches")
+        return found[0]
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+@pytest.fixture(scope="module")
+def node(start_node: Callable[..., NodeProcess], model_dir: Path) -> NodeProcess:
+    # The shipped parameter file first, overrides after: what the launch file does.
+    return start_node(
+        ros_args=("--params-file", str(REPO / "config" / "latent_memory.yaml")),
+        model_dir=model_dir,
+        providers="[CPUExecutionProvider]",
+        image_topic=IMAGE_TOPIC,
+        odom_topic=ODOM_TOPIC,
+        image_qos="reliable",
+        image_qos_depth=20,
+        path_max_length=PATH_MAX_LENGTH,
+        warn_throttle_s=0.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def harness(node: NodeProcess):
+    harness = Harness(node)
+    try:
+        harness.connect()
+        yield harness
+    finally:
+        harness.close()
+
+
+def test_every_frame_gets_a_pose_odometry_and_path_with_its_stamp(harness: Harness) -> None:
+    assert harness.reset().success
+    frames = texture_frames(8)
+    poses = [harness.send_frame(bgr, base_x=0.1 * k) for k, bgr in enumerate(frames)]
+    stamps = [key(p.header.stamp) for p in poses]
+    assert len(set(stamps)) == len(frames)
+    for pose in poses:
+        assert pose.header.frame_id == OUTPUT_FRAME
+        q = pose_from_msg(pose.pose)[3:]
+        assert np.isclose(np.linalg.norm(q), 1.0, atol=1e-6)
+
+    harness.wait(lambda: all(s in harness.odometry for s in stamps), "odometry for every frame")
+    previous = None
+    for stamp, pose in zip(stamps, poses, strict=True):
+        odometry = harness.odometry[stamp]
+        assert odometry.header.frame_id == OUTPUT_FRAME
+        assert odometry.child_frame_id == CAMERA_FRAME
+        np.testing.assert_allclose(pose_from_msg(odometry.pose.pose), pose_from_msg(pose.pose))
+        covariance = np.asarray(odometry.pose.covariance).reshape(6, 6)
+        assert np.all(np.diag(covariance) > 0)
+        assert np.count_nonzero(covariance - np.diag(np.diag(covariance))) == 0
+        twist = odometry.twist.twist
+        if previous is None:
+            assert twist.linear.x == twist.linear.y == twist.linear.z == 0.0
+        else:
+            expected = twist_between(pose_from_msg(previous.pose), pose_from_msg(pose.pose), 0.1)
+            np.testing.assert_allclose(
+                [
+                    twist.linear.x,
+                    twist.linear.y,
+                    twist.linear.z,
+                    twist.angular.x,
+                    twist.angular.y,
+                    twist.angular.z,
+                ],
+                [
+                    expected.linear.x,
+                    expected.linear.y,
+                    expected.linear.z,
+                    expected.angular.x,
+                    expected.angular.y,
+                    expected.angular.z,
+                ],
+                rtol=1e-6,
+                atol=1e-9,
+            )
+        previous = pose
+
+    harness.wait(
+        lambda: any(key(p.header.stamp) == stamps[-1] for p in harness.paths),
+        "the path after the last frame",
+    )
+    path = next(p for p in harness.paths if key(p.header.stamp) == stamps[-1])
+    assert path.header.frame_id == OUTPUT_FRAME
+    assert [key(p.header.stamp) for p in path.poses] == stamps[-PATH_MAX_LENGTH:]
+
+
+def test_reset_starts_over(harness: Harness) -> None:
+    assert harness.reset().success
+    frames = texture_frames(4)
+    first = harness.send_frame(frames[0], base_x=0.0)
+    for k, bgr in enumerate(frames[1:], start=1):
+        harness.send_frame(bgr, base_x=0.3 * k)
+
+    response = harness.reset()
+    assert response.success
+    assert "reset" in response.message
+
+    # Same first frame after the reset: memory and pose are back at the start, so the
+    # answer is the start answer again (whatever the model predicts for a first frame).
+    again = harness.send_frame(frames[0], base_x=5.0)
+    np.testing.assert_allclose(pose_from_msg(again.pose), pose_from_msg(first.pose), atol=1e-5)
+    assert np.linalg.norm(pose_from_msg(again.pose)[:3]) < 0.5
+    harness.wait(
+        lambda: any(key(p.header.stamp) == key(again.header.stamp) for p in harness.paths),
+        "the path after the reset",
+    )
+    path = next(p for p in harness.paths if key(p.header.stamp) == key(again.header.stamp))
+    assert len(path.poses) == 1
+
+
+def test_malformed_frames_are_skipped_and_counted(harness: Harness) -> None:
+    good = texture_frames(3)
+    bgr = good[0]
+    poses_before = harness.pose_count
+    bad_frames = [
+        {"encoding": "32FC1"},
+        {"data": bgr.tobytes()[:-10]},
+        {"step": bgr.shape[1] * 3 - 1},
+        {"height": 0, "data": b""},
+    ]
+    for overrides, frame in zip(bad_frames, good + good[:1], strict=True):
+        harness.send_bad_frame(bgr, **overrides)
+        harness.send_frame(frame)
+
+    # The node answered every good frame and nothing else, and is still running.
+    assert harness.pose_count - poses_before == len(bad_frames)
+    assert harness.node_process.process.poll() is None
+
+    status, values = harness.status(
+        lambda v: int(v["frames_received"]) == harness.sent_good + harness.sent_bad
+    )
+    assert int(values["frames_rejected"]) == harness.sent_bad
+    assert int(values["frames_processed"]) == harness.sent_good
+    assert status.level == DiagnosticStatus.OK
+    assert values["provider"] == "CPUExecutionProvider"
+    assert float(values["step_ms_p50"]) <= float(values["step_ms_p99"])
+
+    for reason in (
+        "unsupported encoding '32FC1'",
+        "truncated data",
+        "is smaller than width",
+        "empty image",
+    ):
+        wait_for(
+            lambda r=reason: r in harness.node_process.log(),
+            5.0,
+            lambda: time.sleep(0.05),
+            f"the warning about {reason!r}",
+        )
+
+
+def test_diagnostics_name_the_model(harness: Harness, model_dir: Path) -> None:
+    name = json.loads((model_dir / "model.json").read_text())["name"]
+    status, values = harness.status(lambda v: True)
+    assert values["model"] == name
+    assert status.hardware_id == name
+    assert {
+        "frames_received",
+        "frames_processed",
+        "frames_rejected",
+        "step_ms_p50",
+        "step_ms_p99",
+        "provider",
+    } <= set(values)
+
+
+def test_provider_fallback_is_reported_and_sigint_exits_cleanly(
+    start_node: Callable[..., NodeProcess], harness: Harness, model_dir: Path
+) -> None:
+    # Default providers ask for TensorRT and CUDA; whether they fall back depends on the
+    # machine, so the node must agree with a runtime built here with the same request.
+    expected = StudentRuntime(model_dir, warmup=0).fallback_warning
+    name = "latent_memory_fallback"
+    other = start_node(
+        ros_args=("-r", f"__node:={name}"),
+        model_dir=model_dir,
+        image_topic="/latent_memory_test/unused",
+    )
+    status, _ = harness.status(lambda v: True, name=f"{name}: runtime")
+    if expected:
+        assert status.level == DiagnosticStatus.WARN
+        assert expected in status.message
+        wait_for(
+            lambda: expected in other.log(),
+            5.0,
+            lambda: time.sleep(0.05),
+            "the fallback warning in the log",
+        )
+    else:
+        assert status.level == DiagnosticStatus.OK
+    other.stop()
+    assert other.process.returncode == 0, other.log()
+    assert "Traceback" not in other.log()
+
+
+def test_bad_model_or_parameter_exits_saying_which(
+    start_node: Callable[..., NodeProcess], model_dir: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    meta = json.loads((broken / "model.json").read_text())
+    meta["image"]["height"] = "tall"
+    (broken / "model.json").write_text(json.dumps(meta))
+    missing = start_node(model_dir=tmp_path / "missing")
+    bad_field = start_node(model_dir=broken)
+    bad_parameter = start_node(model_dir=model_dir, base_to_camera="[0.0, 0.0, 0.5]")
+
+    assert missing.wait(TIMEOUT_S) == 1
+    assert "[FATAL]" in missing.log()
+    assert str(tmp_path / "missing") in missing.log()
+    assert bad_field.wait(TIMEOUT_S) == 1
+    assert "[FATAL]" in bad_field.log()
+    assert str(broken / "model.json") in bad_field.log()
+    assert "image.height" in bad_field.log()
+    assert bad_parameter.wait(TIMEOUT_S) == 1
+    assert "[FATAL]" in bad_parameter.log()
+    assert "parameter base_to_camera must be 7 finite numbers" in bad_parameter.log()
+
+
+# The parts with no DDS in them.
+
+
+def test_image_qos_profiles() -> None:
+    sensor = image_qos_profile("sensor_data", 1)
+    assert sensor.depth == 1
+    assert sensor.reliability == QoSReliabilityPolicy.BEST_EFFORT
+    assert image_qos_profile("reliable", 20).reliability == QoSReliabilityPolicy.RELIABLE
+    assert image_qos_profile("best_effort", 1).reliability == QoSReliabilityPolicy.BEST_EFFORT
+    with pytest.raises(StartupError, match="image_qos"):
+        image_qos_profile("fastest", 1)
+
+
+def test_covariance_is_diagonal_in_ros_order() -> None:
+    log_var = np.log([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    np.testing.assert_allclose(
+        covariance_from_log_var(log_var).reshape(6, 6), np.diag([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    )
+
+
+def test_twist_is_velocity_in_the_child_frame() -> None:
+    start = np.array([1.0, 2.0, 3.0, *geometry.euler_to_quat(0.0, 0.0, np.pi / 2)])
+    # Move 0.5 m along the child's own z and turn 0.2 rad about it, over 0.5 s.
+    end = geometry.compose(start, np.array([0.0, 0.0, 0.5, *geometry.rotvec_to_quat([0, 0, 0.2])]))
+    twist = twist_between(start, end, 0.5)
+    np.testing.assert_allclose(
+        [twist.linear.x, twist.linear.y, twist.linear.z], [0, 0, 1.0], atol=1e-12
+    )
+    np.testing.assert_allclose(
+        [twist.angular.x, twist.angular.y, twist.angular.z], [0, 0, 0.4], atol=1e-12
+    )
+
+
+def test_default_base_to_camera_is_an_optical_camera_looking_forward() -> None:
+    default = np.array(next(p.default for p in PARAMETERS if p.name == "base_to_camera"))
+    np.testing.assert_allclose(default[:3], [0.0, 0.0, 0.5])
+    np.testing.assert_allclose(
+        geometry.quat_to_matrix(default[3:]), geometry.R_BODY_OPTICAL, atol=1e-12
+    )
+
+
+def test_default_model_is_the_installed_one_else_the_checkout_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)
+    assert default_model_dir() == REPO / "models" / "default"
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path))
+    assert default_model_dir() == REPO / "models" / "default"
+    marker = tmp_path / "share" / "ament_index" / "resource_index" / "packages"
+    marker.mkdir(parents=True)
+    (marker / "latent_memory_ros").touch()
+    assert default_model_dir() == tmp_path / "share" / "latent_memory_ros" / "models" / "default"
