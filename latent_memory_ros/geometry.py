@@ -145,6 +145,15 @@ def relative(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return compose(inverse(a), b)
 
 
+def interpolate(a: np.ndarray, b: np.ndarray, fraction: float) -> np.ndarray:
+    """The pose ``fraction`` of the way from ``a`` to ``b`` (constant twist between them)."""
+    step = relative(a, b)
+    partial = np.concatenate(
+        [step[:3] * fraction, rotvec_to_quat(quat_to_rotvec(step[3:]) * fraction)]
+    )
+    return compose(a, partial)
+
+
 def to_matrix(p: np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     m = np.zeros(p.shape[:-1] + (4, 4))

@@ -13,6 +13,7 @@ only adapts messages to it and back. Topics, relative to the node (``~``):
 from __future__ import annotations
 
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,7 +263,10 @@ class LatentMemoryNode(Node):
         self._publish_path: bool = param("publish_path")
         self._warn_throttle_s: float = param("warn_throttle_s")
         self._path: deque[PoseStamped] = deque(maxlen=param("path_max_length"))
-        self._odom_tolerance_ns = int(param("odom_tolerance_s") * 1e9)
+        self._odom_tolerance_s: float = param("odom_tolerance_s")
+        self._odom_tolerance_ns = int(self._odom_tolerance_s * 1e9)
+        # (header, rgb, stamp ns, arrival monotonic s) of a frame waiting for odometry.
+        self._held: tuple[Header, np.ndarray, int, float] | None = None
 
         self._frames_received = 0
         self._frames_processed = 0
@@ -288,6 +292,7 @@ class LatentMemoryNode(Node):
                 Odometry, param("odom_topic"), self._on_odom, param("odom_qos_depth")
             )
             odom_note = f"odometry from {self.resolve_topic_name(param('odom_topic'))}"
+            self.create_timer(0.01, self._flush_held, clock=Clock(clock_type=ClockType.STEADY_TIME))
         elif spec.uses_odom:
             odom_note = "odometry off (use_odom is false)"
         else:
@@ -330,13 +335,29 @@ class LatentMemoryNode(Node):
         return SetParametersResult(successful=True)
 
     def _on_odom(self, msg: Odometry) -> None:
-        self._odom_buffer.append((stamp_ns(msg.header.stamp), pose_from_msg(msg.pose.pose)))
+        stamp = stamp_ns(msg.header.stamp)
+        self._odom_buffer.append((stamp, pose_from_msg(msg.pose.pose)))
+        if self._held is not None and stamp >= self._held[2]:
+            self._step_held()
+
+    def _odom_covers(self, image_ns: int) -> bool:
+        return bool(self._odom_buffer) and self._odom_buffer[-1][0] >= image_ns
+
+    def _step_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self._step(*held[:3])
+
+    def _flush_held(self) -> None:
+        """Step a held frame whose odometry has not come within the tolerance (wall time)."""
+        if self._held is not None and time.monotonic() - self._held[3] > self._odom_tolerance_s:
+            self._step_held()
 
     def _odom_motion(self, image_ns: int) -> np.ndarray | None:
         """Camera motion since the previous frame from the odometry nearest the image stamp."""
         assert self._camera_motion is not None
-        nearest = min(self._odom_buffer, key=lambda s: abs(s[0] - image_ns), default=None)
-        if nearest is None or abs(nearest[0] - image_ns) > self._odom_tolerance_ns:
+        pose = self._odom_at(image_ns)
+        if pose is None:
             # Without odometry for this frame the next frame's motion would span two
             # frames; start the chain again instead.
             self._camera_motion.reset()
@@ -346,7 +367,28 @@ class LatentMemoryNode(Node):
                 throttle_duration_sec=self._warn_throttle_s,
             )
             return None
-        return self._camera_motion.update(nearest[1])
+        return self._camera_motion.update(pose)
+
+    def _odom_at(self, image_ns: int) -> np.ndarray | None:
+        """The base pose at the image stamp: interpolated between the odometry samples
+        around it, else the nearest sample within odom_tolerance_s, else None."""
+        before = after = None
+        for sample in self._odom_buffer:
+            if sample[0] <= image_ns:
+                before = sample
+            elif after is None:
+                after = sample
+        if before is not None and before[0] == image_ns:
+            return before[1]
+        if before is not None and after is not None:
+            if after[0] - before[0] <= 2 * self._odom_tolerance_ns:
+                fraction = (image_ns - before[0]) / (after[0] - before[0])
+                return geometry.interpolate(before[1], after[1], fraction)
+        near = [s for s in (before, after) if s is not None]
+        nearest = min(near, key=lambda s: abs(s[0] - image_ns), default=None)
+        if nearest is None or abs(nearest[0] - image_ns) > self._odom_tolerance_ns:
+            return None
+        return nearest[1]
 
     def _on_image(self, msg: Image) -> None:
         self._frames_received += 1
@@ -362,6 +404,18 @@ class LatentMemoryNode(Node):
             return
 
         now_ns = stamp_ns(msg.header.stamp)
+        if self._camera_motion is not None and not self._odom_covers(now_ns):
+            # Odometry stamped with this image is usually a moment behind it on the wire:
+            # hold the frame until it comes (or odom_tolerance_s passes), so the motion
+            # fed to the model is this frame's and not the previous one's. A newer frame
+            # releases the held one first: nothing is dropped.
+            self._step_held()
+            self._held = (msg.header, rgb, now_ns, time.monotonic())
+            return
+        self._step_held()
+        self._step(msg.header, rgb, now_ns)
+
+    def _step(self, header: Header, rgb: np.ndarray, now_ns: int) -> None:
         dt = None
         if self._last_stamp_ns is not None:
             dt = (now_ns - self._last_stamp_ns) * 1e-9
@@ -377,7 +431,7 @@ class LatentMemoryNode(Node):
         result = self._runtime.step(rgb, odom_motion=motion, dt=dt)
         self._frames_processed += 1
         self._step_ms.append(result.step_ms)
-        self._publish(msg.header, result.pose, result.log_var, dt)
+        self._publish(header, result.pose, result.log_var, dt)
         self._last_pose, self._last_stamp_ns = result.pose, now_ns
 
     def _publish(
@@ -404,6 +458,7 @@ class LatentMemoryNode(Node):
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         frames = self._runtime.frames
+        self._held = None
         self._runtime.reset()
         self._path.clear()
         self._last_pose = None

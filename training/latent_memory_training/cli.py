@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     heldout.add_argument("--out", type=Path, required=True, help="JSON file for the results")
     heldout.add_argument("--no-mirror", action="store_true", help="skip the mirrored copies")
     heldout.add_argument("--limit", type=int, default=0, help="only the first N sequences")
+    heldout.add_argument("--jobs", type=int, default=1, help="worker processes")
     return parser
 
 

@@ -10,6 +10,7 @@ rotation offset cannot pass for accuracy. Metrics come from evo through
 from __future__ import annotations
 
 import json
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -57,24 +58,36 @@ def evaluate_sequence(rt: StudentRuntime, seq: Sequence) -> dict:
     return row
 
 
-def evaluate(model_dir: Path, paths: list[Path], mirrored: bool = True) -> dict:
-    rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"])
+def _evaluate_file(job: tuple[Path, Path, bool]) -> list[dict]:
+    model_dir, path, mirrored = job
+    # One thread per worker: the workers are the parallelism.
+    rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    seq = Sequence.load(path)
+    rows = []
+    for variant, s in [("original", seq)] + ([("mirrored", mirror(seq))] if mirrored else []):
+        row = evaluate_sequence(rt, s)
+        times = row.pop("step_ms")
+        rows.append(
+            {"sequence": s.name, "variant": variant, "frames": len(s), **row,
+             "step_ms_p50": float(np.percentile(times, 50))}
+        )
+    return rows
+
+
+def evaluate(model_dir: Path, paths: list[Path], mirrored: bool = True, jobs: int = 1) -> dict:
+    work = [(Path(model_dir), Path(p), mirrored) for p in paths]
     per_sequence = []
-    for path in tqdm(paths, desc="held-out"):
-        seq = Sequence.load(path)
-        copies = [("", seq)] + ([("mirrored", mirror(seq))] if mirrored else [])
-        for variant, s in copies:
-            row = evaluate_sequence(rt, s)
-            times = row.pop("step_ms")
-            per_sequence.append({"sequence": s.name, "variant": variant or "original",
-                                 "frames": len(s), **row, "step_ms_p50": float(np.percentile(times, 50))})
+    with get_context("spawn").Pool(jobs) as pool:
+        for rows in tqdm(pool.imap(_evaluate_file, work), total=len(work), desc="held-out"):
+            per_sequence += rows
     summary = {}
-    for variant in sorted({r["variant"] for r in per_sequence}):
+    for variant in ("original", "mirrored"):
         rows = [r for r in per_sequence if r["variant"] == variant]
-        summary[variant] = {
-            m: {k: float(np.mean([r[m][k] for r in rows])) for k in KEYS} for m in METHODS
-        }
-        summary[variant]["sequences"] = len(rows)
+        if rows:
+            summary[variant] = {
+                m: {k: float(np.mean([r[m][k] for r in rows])) for k in KEYS} for m in METHODS
+            }
+            summary[variant]["sequences"] = len(rows)
     return {"model": str(model_dir), "summary": summary, "per_sequence": per_sequence}
 
 
@@ -105,7 +118,7 @@ def run(args) -> int:
     paths = find_sequences(args.data)
     if args.limit:
         paths = paths[: args.limit]
-    result = evaluate(args.model, paths, mirrored=not args.no_mirror)
+    result = evaluate(args.model, paths, mirrored=not args.no_mirror, jobs=args.jobs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(markdown_table(result))

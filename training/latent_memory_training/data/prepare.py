@@ -110,4 +110,6 @@ def load_prepared(
 
 def find_sequences(directory: Path) -> list[Path]:
     """Cached renders in a folder (``*.npz`` written by ``render --format npz``)."""
-    return sorted(p for p in Path(directory).glob("*.npz") if not p.name.endswith(".prep.npz"))
+    return sorted(
+        p for p in Path(directory).glob("*.npz") if not p.name.endswith((".prep.npz", ".tmp.npz"))
+    )

@@ -1,0 +1,129 @@
+"""The whole loop: a rendered rosbag2 replayed into the node process over DDS.
+
+The node's poses must arrive for every frame with the frame's stamp, and equal what the
+ROS-free runtime computes offline from the same bag (the node adds no error of its own);
+after ``~/reset`` a second replay must reproduce the first exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from conftest import REPO, NodeProcess, wait_for
+from geometry_msgs.msg import PoseStamped
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from std_srvs.srv import Trigger
+
+from latent_memory_ros.bag import read_run
+from latent_memory_ros.replay import BagPlayer
+from latent_memory_ros.runtime import CameraMotionFromOdometry, StudentRuntime
+
+FRAMES = 60
+POSE_TOPIC = "/latent_memory_node/pose"
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    generate = pytest.importorskip("latent_memory_training.data.generate")
+    writers = pytest.importorskip("latent_memory_training.data.writers")
+    seq = generate.render_sequence("test", 0, seed=11, frames=FRAMES, size=(320, 240))
+    return writers.write_rosbag2(seq, tmp_path_factory.mktemp("bag") / "test_000", "mcap")
+
+
+@pytest.fixture(scope="module")
+def node(start_node: Callable[..., NodeProcess], model_dir: Path, bag: Path) -> NodeProcess:
+    mount = read_run(bag, "/camera/image_raw").base_to_camera
+    return start_node(
+        ros_args=("--params-file", str(REPO / "config" / "latent_memory.yaml")),
+        model_dir=model_dir,
+        providers="[CPUExecutionProvider]",
+        base_to_camera="[" + ", ".join(repr(float(v)) for v in mount) + "]",
+    )
+
+
+class Client:
+    def __init__(self) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("test_integration_bag", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.poses: list[PoseStamped] = []
+        self.node.create_subscription(PoseStamped, POSE_TOPIC, self.poses.append, 100)
+        self.reset = self.node.create_client(Trigger, "/latent_memory_node/reset")
+
+    def spin(self) -> None:
+        self.executor.spin_once(timeout_sec=0.05)
+
+    def replay(self, bag: Path, node: NodeProcess) -> list[PoseStamped]:
+        self.poses.clear()
+        with BagPlayer(self.node, bag, executor=self.executor) as player:
+            assert player.wait_for_subscribers(["/camera/image_raw", "/odom"], timeout=30), node.log()
+            stats = player.play_lockstep("/camera/image_raw", timeout=10, first_timeout=30)
+        wait_for(lambda: len(self.poses) >= FRAMES, 10, self.spin, "the last poses", node)
+        assert stats.timed_out == 0, node.log()
+        return list(self.poses)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    c = Client()
+    yield c
+    c.close()
+
+
+def _stamp_ns(msg: PoseStamped) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def _pose(msg: PoseStamped) -> np.ndarray:
+    p, q = msg.pose.position, msg.pose.orientation
+    return np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
+
+
+def _offline_poses(model_dir: Path, bag: Path) -> np.ndarray:
+    run = read_run(bag, "/camera/image_raw", odom_topic="/odom")
+    rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
+    to_camera = CameraMotionFromOdometry(run.base_to_camera)
+    odom = run.odom_at(run.image_stamps)
+    poses = []
+    for (stamp, rgb), base in zip(run.images(), odom):
+        motion = to_camera.update(base) if rt.spec.uses_odom else None
+        poses.append(rt.step(rgb, odom_motion=motion).pose)
+    return np.array(poses)
+
+
+def test_bag_replay_gives_every_frame_its_pose_and_reset_repeats_it(
+    node: NodeProcess, client: Client, bag: Path, model_dir: Path
+) -> None:
+    image_stamps = np.round(read_run(bag, "/camera/image_raw").image_stamps * 1e9).astype(np.int64)
+    first = client.replay(bag, node)
+    assert [_stamp_ns(m) for m in first] == image_stamps.tolist()
+    assert {m.header.frame_id for m in first} == {"latent_memory_start"}
+
+    expected = _offline_poses(model_dir, bag)
+    got = np.array([_pose(m) for m in first])
+    np.testing.assert_allclose(got[:, :3], expected[:, :3], atol=1e-4)
+    # Quaternions q and -q are the same rotation.
+    dots = np.abs(np.sum(got[:, 3:] * expected[:, 3:], axis=1))
+    np.testing.assert_allclose(dots, 1.0, atol=1e-5)
+    # The robot moved: the poses are not all the origin.
+    assert np.linalg.norm(got[-1, :3]) > 0.05
+
+    assert client.reset.wait_for_service(timeout_sec=10)
+    future = client.reset.call_async(Trigger.Request())
+    wait_for(future.done, 10, client.spin, "the ~/reset response", node)
+    assert future.result().success
+
+    second = client.replay(bag, node)
+    np.testing.assert_allclose(np.array([_pose(m) for m in second]), got, atol=1e-6)
