@@ -25,6 +25,7 @@ from evo.core.trajectory import PoseTrajectory3D
 
 from latent_memory_ros import geometry
 from latent_memory_ros.bag import Track, read_run
+from latent_memory_ros.model_format import default_model_dir
 
 # Largest stamp difference (s) for two poses to be associated; evo's CLI default.
 MAX_DT = 0.01
@@ -163,7 +164,8 @@ def plot_trajectories(
         except GeometryException:
             est = _translation_aligned(est, ref_sync)
         exy = est.positions_xyz[:, axes]
-        ax.plot(exy[:, 0], exy[:, 1], lw=1.2, label=label)
+        still = np.ptp(exy, axis=0).max() < 1e-6  # a constant pose would be invisible as a line
+        ax.plot(exy[:, 0], exy[:, 1], lw=1.2, marker="*" if still else None, ms=12, label=label)
     names = "xyz"
     ax.set_xlabel(f"{names[axes[0]]} (m)")
     ax.set_ylabel(f"{names[axes[1]]} (m)")
@@ -286,21 +288,13 @@ def evaluate_bag(
     }
     estimates = {"model": (stamps, poses)}
     if odom_base is not None and mount is not None:
-        write_tum(out_dir / "odom.tum", stamps, odometry_camera_poses(odom_base, mount))
         estimates["odometry"] = (stamps, odometry_camera_poses(odom_base, mount))
+        write_tum(out_dir / "odom.tum", *estimates["odometry"])
     plot_trajectories(
         out_dir / "trajectory.png", (run.gt.stamps, run.gt.poses), estimates, plot_title(metrics)
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def default_model_dir() -> Path:
-    """The node's default model (installed share dir, else the source checkout's)."""
-    # node.py owns the lookup; importing it pulls in rclpy, so only when needed.
-    from latent_memory_ros.node import default_model_dir as node_default
-
-    return node_default()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -133,3 +133,20 @@ def write_metadata(directory: Path, metadata: dict) -> None:
     tmp = directory / (METADATA_FILE + ".tmp")
     tmp.write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
     tmp.replace(directory / METADATA_FILE)
+
+
+def default_model_dir() -> Path:
+    """The installed default model, or the source checkout's when the package is not installed."""
+    try:
+        from ament_index_python.packages import (
+            PackageNotFoundError,
+            get_package_share_directory,
+        )
+    except ImportError:
+        pass
+    else:
+        try:
+            return Path(get_package_share_directory("latent_memory_ros")) / "models" / "default"
+        except (PackageNotFoundError, OSError):  # OSError: AMENT_PREFIX_PATH unset or empty
+            pass
+    return Path(__file__).resolve().parent.parent / "models" / "default"

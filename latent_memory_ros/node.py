@@ -16,7 +16,6 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,7 @@ from std_srvs.srv import Trigger
 
 from latent_memory_ros import geometry
 from latent_memory_ros.images import FrameError, image_msg_to_rgb
+from latent_memory_ros.model_format import default_model_dir
 from latent_memory_ros.runtime import (
     DEFAULT_PROVIDERS,
     CameraMotionFromOdometry,
@@ -167,23 +167,6 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
 
 class StartupError(RuntimeError):
     """A model or configuration the node cannot run with; the message says which."""
-
-
-def default_model_dir() -> Path:
-    """The installed default model, or the source checkout's when the package is not installed."""
-    try:
-        from ament_index_python.packages import (
-            PackageNotFoundError,
-            get_package_share_directory,
-        )
-    except ImportError:
-        pass
-    else:
-        try:
-            return Path(get_package_share_directory(PACKAGE)) / "models" / "default"
-        except (PackageNotFoundError, OSError):  # OSError: AMENT_PREFIX_PATH unset or empty
-            pass
-    return Path(__file__).resolve().parent.parent / "models" / "default"
 
 
 def image_qos_profile(name: str, depth: int) -> QoSProfile:

@@ -8,21 +8,26 @@ Two modes:
 
 - paced: messages at their recorded times, scaled by ``rate``;
 - lock-step: one image at a time; before it, every other message stamped up to the
-  image's stamp; after it, wait until a message stamped with that image's stamp arrives
-  on an acknowledgement topic (the node's ``~/pose``) or a timeout. No frame is dropped
-  however slow the node is, and each round trip is measured.
+  image's stamp (even one recorded just after the image); after it, wait until a message
+  stamped with that image's stamp arrives on an acknowledgement topic (the node's
+  ``~/pose``) or a timeout. No frame is dropped however slow the node is, and each round
+  trip is measured.
 
 The player spins its node while it waits, so callbacks the caller added to the same node
 (e.g. a subscription collecting poses) run during playback; nothing else may spin it then.
+Full-size images need :func:`use_large_message_transport` before ``rclpy.init()``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +58,61 @@ TF_STATIC_QOS = QoSProfile(
     reliability=QoSReliabilityPolicy.RELIABLE,
     durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
 )
+
+
+# Fast DDS's default shared-memory segment is 512 KB: a 640x480 rgb8 image (0.9 MB)
+# falls back to fragmented UDP, where on loopback about half of the best-effort frames
+# are lost and reliable repair stalls the other topics. The publisher's segment is the
+# one that counts, so the player enlarges its own.
+FASTDDS_LARGE_MESSAGES = """<?xml version="1.0" encoding="UTF-8" ?>
+<dds xmlns="http://www.eprosima.com">
+  <profiles>
+    <transport_descriptors>
+      <transport_descriptor>
+        <transport_id>shm_large_messages</transport_id>
+        <type>SHM</type>
+        <segment_size>33554432</segment_size>
+        <maxMessageSize>8388608</maxMessageSize>
+      </transport_descriptor>
+      <transport_descriptor>
+        <transport_id>udp</transport_id>
+        <type>UDPv4</type>
+      </transport_descriptor>
+    </transport_descriptors>
+    <participant profile_name="latent_memory_large_messages" is_default_profile="true">
+      <rtps>
+        <userTransports>
+          <transport_id>shm_large_messages</transport_id>
+          <transport_id>udp</transport_id>
+        </userTransports>
+        <useBuiltinTransports>false</useBuiltinTransports>
+      </rtps>
+    </participant>
+  </profiles>
+</dds>
+"""
+
+
+def use_large_message_transport() -> Path | None:
+    """Let this process publish messages up to 8 MB through Fast DDS shared memory.
+
+    Call before the first ``rclpy.init()`` of the process (Fast DDS reads its profile
+    once). Does nothing, and returns None, when another RMW is selected or a Fast DDS
+    profile file is already set; otherwise returns the profile file it set.
+    """
+    rmw = os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    if not rmw.startswith("rmw_fastrtps") or any(
+        os.environ.get(name)
+        for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+    ):
+        return None
+    path = Path(tempfile.gettempdir()) / f"latent_memory_fastdds_{os.getuid()}.xml"
+    if not path.is_file() or path.read_text() != FASTDDS_LARGE_MESSAGES:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(FASTDDS_LARGE_MESSAGES)
+        tmp.replace(path)
+    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(path)
+    return path
 
 
 def message_class(msgtype: str) -> type:
@@ -136,6 +196,7 @@ class BagPlayer:
             )
             self._classes[topic] = cls
             self._publishers[topic] = node.create_publisher(cls, topic, profile)
+        self._own_executor = executor is None
         if executor is None:
             executor = SingleThreadedExecutor(context=node.context)
             executor.add_node(node)
@@ -146,6 +207,21 @@ class BagPlayer:
     @property
     def topics(self) -> list[str]:
         return list(self._publishers)
+
+    def close(self) -> None:
+        """Destroy the publishers (so no subscriber matches a finished player)."""
+        for publisher in self._publishers.values():
+            self.node.destroy_publisher(publisher)
+        self._publishers.clear()
+        if self._own_executor:
+            self._executor.remove_node(self.node)
+            self._executor.shutdown()
+
+    def __enter__(self) -> BagPlayer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def wait_for_subscribers(
         self, topics: Sequence[str], timeout: float, settle: float = 0.5
@@ -183,35 +259,60 @@ class BagPlayer:
         ack_topic: str = DEFAULT_ACK_TOPIC,
         timeout: float = 5.0,
         first_timeout: float | None = None,
+        lookahead: float = 0.1,
     ) -> PlaybackStats:
         """Publish one image at a time and wait for its acknowledgement on ``ack_topic``.
 
         The acknowledgement is a PoseStamped on ``ack_topic`` stamped with the image's
         stamp, as the node publishes ``~/pose``. ``first_timeout`` (default
         ``timeout``) covers the first image, which may meet a model still warming up.
+
+        Before each image goes every other message stamped up to it, including those
+        recorded after it: a recorder often writes an image before the odometry of the
+        same instant. The bag is read ``lookahead`` seconds (of recording time) past the
+        image's stamp to find them, and never more than two images ahead.
         """
         if image_topic not in self._publishers:
             raise LookupError(f"image topic {image_topic} is not among the played topics")
         ack = self.node.create_subscription(PoseStamped, ack_topic, self._on_ack, 10)
         start = time.monotonic()
-        pending: list[_Message] = []
+        stream = self._messages()
+        queue: deque[_Message] = deque()  # read, not yet published, in bag order
         try:
-            for message in self._messages():
-                if message.topic != image_topic:
-                    pending.append(message)
-                    continue
-                due = [m for m in pending if m.stamp_ns <= message.stamp_ns]
-                pending = [m for m in pending if m.stamp_ns > message.stamp_ns]
+            while (image := self._read_ahead(stream, queue, image_topic, lookahead)) is not None:
+                due = [m for m in queue if m.topic != image_topic and m.stamp_ns <= image.stamp_ns]
                 for m in due:
                     self._publish(m)
+                    queue.remove(m)
+                queue.remove(image)
                 wait = timeout if self.stats.images or first_timeout is None else first_timeout
-                self._publish_and_wait(message, wait)
-            for m in pending:
+                self._publish_and_wait(image, wait)
+            for m in queue:
                 self._publish(m)
         finally:
+            stream.close()
             self.node.destroy_subscription(ack)
         self.stats.wall_s += time.monotonic() - start
         return self.stats
+
+    @staticmethod
+    def _read_ahead(
+        stream: Iterator[_Message], queue: deque[_Message], image_topic: str, lookahead: float
+    ) -> _Message | None:
+        """Read into ``queue`` until it holds the next image and what was recorded up to
+        ``lookahead`` s after its stamp (at most two images more); return that image."""
+        image = next((m for m in queue if m.topic == image_topic), None)
+        while image is None or (
+            queue[-1].log_ns <= image.stamp_ns + lookahead * 1e9
+            and sum(m.topic == image_topic for m in queue) <= 2
+        ):
+            message = next(stream, None)
+            if message is None:
+                break
+            queue.append(message)
+            if image is None and message.topic == image_topic:
+                image = message
+        return image
 
     def _publish_and_wait(self, image: _Message, timeout: float) -> None:
         self._awaiting, self._acked_at = image.stamp_ns, None
@@ -245,7 +346,7 @@ class BagPlayer:
     def _reader(self) -> AnyReader:
         return AnyReader([self.bag_dir], default_typestore=self._typestore)
 
-    def _messages(self) -> Iterator[_Message]:
+    def _messages(self) -> Generator[_Message, None, None]:
         with self._reader() as reader:
             connections = [c for c in reader.connections if c.topic in self._publishers]
             for conn, log_ns, raw in reader.messages(connections):
@@ -295,16 +396,17 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
 
     args = build_parser().parse_args(argv)
+    use_large_message_transport()
     rclpy.init()
     node = Node("latent_memory_replay")
     try:
-        player = BagPlayer(node, args.bag, args.topics)
-        if args.lockstep:
-            if not player.wait_for_subscribers([args.image_topic], args.wait_for_subscribers):
-                print(f"no subscriber on {args.image_topic}; playing anyway", file=sys.stderr)
-            stats = player.play_lockstep(args.image_topic, args.ack_topic, args.timeout)
-        else:
-            stats = player.play(args.rate)
+        with BagPlayer(node, args.bag, args.topics) as player:
+            if args.lockstep:
+                if not player.wait_for_subscribers([args.image_topic], args.wait_for_subscribers):
+                    print(f"no subscriber on {args.image_topic}; playing anyway", file=sys.stderr)
+                stats = player.play_lockstep(args.image_topic, args.ack_topic, args.timeout)
+            else:
+                stats = player.play(args.rate)
     except (LookupError, FileNotFoundError) as err:
         print(f"latent_memory_replay: error: {err}", file=sys.stderr)
         return 2

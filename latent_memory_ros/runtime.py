@@ -93,7 +93,9 @@ class StudentRuntime:
             raise ModelError(f"{step_path}: file missing")
         expected = self.spec.sha256.get(STEP_FILE)
         if expected is None:
-            raise ModelError(f"{self.spec.directory / 'model.json'}: field 'sha256.{STEP_FILE}' missing")
+            raise ModelError(
+                f"{self.spec.directory / 'model.json'}: field 'sha256.{STEP_FILE}' missing"
+            )
         if file_sha256(step_path) != expected:
             raise ModelError(
                 f"{step_path}: sha256 does not match field 'sha256.{STEP_FILE}' of model.json"
@@ -131,7 +133,8 @@ class StudentRuntime:
         self._mean = np.array(self.spec.mean, dtype=np.float32).reshape(3, 1, 1) * 255.0
         self._inv_std = 1.0 / (np.array(self.spec.std, dtype=np.float32).reshape(3, 1, 1) * 255.0)
         self._cue_config = cues.CueConfig(
-            width=int(self.spec.cues.get("width", 320)), height=int(self.spec.cues.get("height", 240))
+            width=int(self.spec.cues.get("width", 320)),
+            height=int(self.spec.cues.get("height", 240)),
         )
         self._cue_intrinsics = cues.scale_intrinsics(
             self.spec.intrinsics, self._cue_config.width / self.spec.image_width
@@ -147,8 +150,8 @@ class StudentRuntime:
         outputs = {o.name: o for o in self._session.get_outputs()}
         want_in = {"image": [1, 3, self.spec.image_height, self.spec.image_width]}
         want_in |= {"odom": [1, 8], "dt": [1, 1], "cues": [1, cues.CUE_DIM]}
-        for name, shape in list(want_in.items()):
-            if name in ("odom", "dt", "cues") and name not in self.spec.inputs_optional:
+        for name in ("odom", "dt", "cues"):
+            if name not in self.spec.inputs_optional:
                 if name in inputs:
                     raise ModelError(
                         f"{meta}: field 'inputs_optional' lacks '{name}' but {step_path.name} "
@@ -174,7 +177,10 @@ class StudentRuntime:
                         f"{meta}: {step_path.name} {kind} '{name}' has shape "
                         f"{list(have[name].shape)}, model.json implies {shape}"
                     )
-        if "cues" in self.spec.inputs_optional and self.spec.cues.get("version") != cues.CUES_VERSION:
+        if (
+            "cues" in self.spec.inputs_optional
+            and self.spec.cues.get("version") != cues.CUES_VERSION
+        ):
             raise ModelError(
                 f"{meta}: field 'cues.version' is '{self.spec.cues.get('version')}', "
                 f"this runtime computes '{cues.CUES_VERSION}'"
@@ -187,7 +193,9 @@ class StudentRuntime:
         for s in self.spec.state:
             value = saved.get(s.name, np.zeros(s.shape, dtype=s.dtype))
             if value.shape != s.shape:
-                raise ModelError(f"{path}: array '{s.name}' has shape {value.shape}, want {s.shape}")
+                raise ModelError(
+                    f"{path}: array '{s.name}' has shape {value.shape}, want {s.shape}"
+                )
             state[s.name] = value.astype(s.dtype)
         return state
 
@@ -235,7 +243,7 @@ class StudentRuntime:
         for name, value in self._state.items():
             feed[f"state.{name}"] = value
         outputs = self._session.run(None, feed)
-        result = dict(zip((o.name for o in self._session.get_outputs()), outputs))
+        result = dict(zip((o.name for o in self._session.get_outputs()), outputs, strict=False))
         for name in self._state:
             self._state[name] = result[f"state_out.{name}"]
         self.frames += 1

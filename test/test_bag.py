@@ -81,9 +81,10 @@ def write_test_bag(
     """A run with /camera/image_raw, /camera/camera_info, /odom, /ground_truth/pose and
     /tf_static, all stamped with the image time; returns what was written.
 
-    The odometry is the true base motion with a scale error, so it drifts; with
-    ``camera_link`` the mount is two static transforms (base_link -> camera_link ->
-    camera_optical_frame) instead of one.
+    Each instant is written image first, then odometry and ground truth, as the synthetic
+    world's writer does. The odometry is the true base motion with a scale error, so it
+    drifts; with ``camera_link`` the mount is two static transforms (base_link ->
+    camera_link -> camera_optical_frame) instead of one.
     """
     width, height = size
     stamps_ns = T0_NS + FRAME_NS * np.arange(frames)
@@ -138,6 +139,16 @@ def write_test_bag(
         )
         write("/camera/camera_info", T0_NS, info)
         for i, ns in enumerate(int(s) for s in stamps_ns):
+            image = T.Image(
+                header=_header(ns, "camera_optical_frame"),
+                height=height,
+                width=width,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=width * 3,
+                data=frame_pixels(i, width, height).ravel(),
+            )
+            write("/camera/image_raw", ns, image)
             odometry = T.Odometry(
                 header=_header(ns, "odom"),
                 child_frame_id="base_link",
@@ -150,16 +161,6 @@ def write_test_bag(
                 ),
             )
             write("/odom", ns, odometry)
-            image = T.Image(
-                header=_header(ns, "camera_optical_frame"),
-                height=height,
-                width=width,
-                encoding="rgb8",
-                is_bigendian=0,
-                step=width * 3,
-                data=frame_pixels(i, width, height).ravel(),
-            )
-            write("/camera/image_raw", ns, image)
             write(
                 "/ground_truth/pose",
                 ns,

@@ -63,7 +63,9 @@ class Client:
     def replay(self, bag: Path, node: NodeProcess) -> list[PoseStamped]:
         self.poses.clear()
         with BagPlayer(self.node, bag, executor=self.executor) as player:
-            assert player.wait_for_subscribers(["/camera/image_raw", "/odom"], timeout=30), node.log()
+            assert player.wait_for_subscribers(["/camera/image_raw", "/odom"], timeout=30), (
+                node.log()
+            )
             stats = player.play_lockstep("/camera/image_raw", timeout=10, first_timeout=30)
         wait_for(lambda: len(self.poses) >= FRAMES, 10, self.spin, "the last poses", node)
         assert stats.timed_out == 0, node.log()
@@ -97,7 +99,7 @@ def _offline_poses(model_dir: Path, bag: Path) -> np.ndarray:
     to_camera = CameraMotionFromOdometry(run.base_to_camera)
     odom = run.odom_at(run.image_stamps)
     poses = []
-    for (stamp, rgb), base in zip(run.images(), odom):
+    for (_stamp, rgb), base in zip(run.images(), odom, strict=False):
         motion = to_camera.update(base) if rt.spec.uses_odom else None
         poses.append(rt.step(rgb, odom_motion=motion).pose)
     return np.array(poses)

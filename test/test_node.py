@@ -25,11 +25,11 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from latent_memory_ros import geometry
+from latent_memory_ros.model_format import default_model_dir
 from latent_memory_ros.node import (
     PARAMETERS,
     StartupError,
     covariance_from_log_var,
-    default_model_dir,
     image_qos_profile,
     pose_from_msg,
     pose_to_msg,

@@ -17,7 +17,9 @@ def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix:
         default = f.default
         flag = "--" + prefix + f.name.replace("_", "-")
         if isinstance(default, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default)
+            parser.add_argument(
+                flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default
+            )
         elif isinstance(default, tuple):
             parser.add_argument(flag, type=int, nargs="+", default=list(default))
         else:
@@ -86,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latent_memory_train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    render = sub.add_parser("render", help="render synthetic runs (world.md) to rosbag2, TUM or npz")
+    render = sub.add_parser(
+        "render", help="render synthetic runs (world.md) to rosbag2, TUM or npz"
+    )
     add_render_arguments(render)
 
     fit = sub.add_parser("fit", help="train a model on cached renders")
@@ -109,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data-summary", type=Path, help="JSON describing the training data")
     heldout = sub.add_parser("heldout", help="held-out accuracy of an exported model and baselines")
     heldout.add_argument("--model", type=Path, required=True)
-    heldout.add_argument("--data", type=Path, required=True, help="folder of held-out renders (*.npz)")
+    heldout.add_argument(
+        "--data", type=Path, required=True, help="folder of held-out renders (*.npz)"
+    )
     heldout.add_argument("--out", type=Path, required=True, help="JSON file for the results")
     heldout.add_argument("--no-mirror", action="store_true", help="skip the mirrored copies")
     heldout.add_argument("--limit", type=int, default=0, help="only the first N sequences")

@@ -24,7 +24,13 @@ def exported(tmp_path_factory):
     model = LocalisationModel(ModelConfig())
     # Zero-initialised heads would make parity trivially true for them: perturb them.
     with torch.no_grad():
-        for layer in (model.delta, model.log_var, model.speed, model.bias_rate, model.cell.correction):
+        for layer in (
+            model.delta,
+            model.log_var,
+            model.speed,
+            model.bias_rate,
+            model.cell.correction,
+        ):
             layer.weight.normal_(0.0, 0.05)
     out = tmp_path_factory.mktemp("model")
     export_model(model.eval(), out, "parity")
@@ -38,7 +44,9 @@ def _frames(n: int):
     for t in range(n):
         x = 40 + 2 * t
         rgb = np.ascontiguousarray(photo[60:540, x : x + 640])
-        odom = np.concatenate([rng.normal(0, 0.01, 3), geometry.rotvec_to_quat(rng.normal(0, 0.01, 3))])
+        odom = np.concatenate(
+            [rng.normal(0, 0.01, 3), geometry.rotvec_to_quat(rng.normal(0, 0.01, 3))]
+        )
         yield rgb, (None if t == 0 else odom)
 
 
@@ -55,7 +63,9 @@ def test_runtime_matches_pytorch_over_100_steps(exported):
         gray = cue_defs.to_gray(rgb, cfg)
         obs = {
             "image": torch.from_numpy(rt.preprocess(rgb)),
-            "odom": torch.tensor([[*(odom if odom is not None else [0, 0, 0, 0, 0, 0, 1]), float(odom is not None)]]).float(),
+            "odom": torch.tensor(
+                [[*(odom if odom is not None else [0, 0, 0, 0, 0, 0, 1]), float(odom is not None)]]
+            ).float(),
             "dt": torch.tensor([[1 / 30]]),
             "cues": torch.from_numpy(cue_defs.two_view_cues(prev, gray, k, cfg))[None],
         }

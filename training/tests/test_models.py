@@ -14,7 +14,9 @@ from latent_memory_training.models.student import LocalisationModel
 def _obs(batch: int, steps: int, seed: int = 0, odom: bool = True) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     rot = torch.randn(batch, steps, 3, generator=g) * 0.02
-    motion = torch.cat([torch.randn(batch, steps, 3, generator=g) * 0.02, so3.rotvec_to_quat(rot)], -1)
+    motion = torch.cat(
+        [torch.randn(batch, steps, 3, generator=g) * 0.02, so3.rotvec_to_quat(rot)], -1
+    )
     valid = torch.full((batch, steps, 1), 1.0 if odom else 0.0)
     cues = torch.randn(batch, steps, 15, generator=g) * 0.05
     cues[..., 8] = 0.5

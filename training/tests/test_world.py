@@ -10,13 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from latent_memory_ros import geometry
 from latent_memory_training.data import photos, world
 from latent_memory_training.data.generate import mirror, plan_sequence, render_sequence
 from latent_memory_training.data.render import Renderer, intrinsics_for_size
 from latent_memory_training.data.sequence import Sequence
 from latent_memory_training.data.writers import stamps_ns, write_rosbag2, write_tum
-
-from latent_memory_ros import geometry
 
 TINY = (64, 48)
 

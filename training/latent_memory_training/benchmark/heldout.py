@@ -68,8 +68,13 @@ def _evaluate_file(job: tuple[Path, Path, bool]) -> list[dict]:
         row = evaluate_sequence(rt, s)
         times = row.pop("step_ms")
         rows.append(
-            {"sequence": s.name, "variant": variant, "frames": len(s), **row,
-             "step_ms_p50": float(np.percentile(times, 50))}
+            {
+                "sequence": s.name,
+                "variant": variant,
+                "frames": len(s),
+                **row,
+                "step_ms_p50": float(np.percentile(times, 50)),
+            }
         )
     return rows
 

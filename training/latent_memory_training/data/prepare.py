@@ -44,7 +44,7 @@ class PreparedSequence:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> "PreparedSequence":
+    def load(cls, path: Path) -> PreparedSequence:
         with np.load(path) as z:
             return cls(name=str(z["name"]), **{k: z[k] for k in _ARRAYS})
 

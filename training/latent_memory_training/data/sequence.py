@@ -53,7 +53,7 @@ class Sequence:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> "Sequence":
+    def load(cls, path: Path) -> Sequence:
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
             return cls(

@@ -29,8 +29,10 @@ class StepGraph(nn.Module):
         self.state_names = list(model.state_shapes())
 
     def forward(self, image, odom, dt_s, cues, *states):
-        state = dict(zip(self.state_names, states))
-        new_state, out = self.model.step(state, {"image": image, "odom": odom, "dt": dt_s, "cues": cues})
+        state = dict(zip(self.state_names, states, strict=False))
+        new_state, out = self.model.step(
+            state, {"image": image, "odom": odom, "dt": dt_s, "cues": cues}
+        )
         return (out["pose"], out["log_var"], *(new_state[k] for k in self.state_names))
 
 
@@ -81,7 +83,10 @@ def export_model(
         )
     tmp.replace(out_dir / STEP_FILE)
     init = model.initial_state(1)
-    np.savez(out_dir / STATE_INIT_FILE, **{k: v.detach().numpy().astype(np.float32) for k, v in init.items()})
+    np.savez(
+        out_dir / STATE_INIT_FILE,
+        **{k: v.detach().numpy().astype(np.float32) for k, v in init.items()},
+    )
     c = model.config
     write_metadata(
         out_dir,
@@ -100,7 +105,12 @@ def export_model(
                 "std": list(IMAGE_STD),
                 "intrinsics": model_intrinsics(c.image_width),
             },
-            "cues": {"version": cue_defs.CUES_VERSION, "width": 320, "height": 240, "dim": cue_defs.CUE_DIM},
+            "cues": {
+                "version": cue_defs.CUES_VERSION,
+                "width": 320,
+                "height": 240,
+                "dim": cue_defs.CUE_DIM,
+            },
             "inputs_optional": ["odom", "dt", "cues"],
             "state": [
                 {"name": k, "shape": [1, *s], "dtype": "float32"}

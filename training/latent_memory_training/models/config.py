@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 
+
 @dataclass
 class ModelConfig:
     cell: str = "kinaema"

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latent_memory_ros.cues import CUE_DIM
 from latent_memory_training.models import so3
 from latent_memory_training.models.cells import CELLS, MemoryCell, State
 from latent_memory_training.models.config import ModelConfig
-from latent_memory_ros.cues import CUE_DIM
 
 # Per-frame motions are centimetres and centiradians; this brings them to O(1).
 MOTION_SCALE = 30.0
@@ -34,7 +34,7 @@ class ImageEncoder(nn.Module):
         super().__init__()
         chans = [3, 16, 32, 48, dim]
         layers: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
+        for cin, cout in zip(chans[:-1], chans[1:], strict=False):
             layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GELU()]
         self.net = nn.Sequential(*layers)
         grid = (height // 16) * (width // 16)
@@ -90,8 +90,13 @@ class LocalisationModel(nn.Module):
         cue_valid = (cues[:, 8:9] > 0).to(cues.dtype)
         vision_rot = cues[:, 1:4] * cue_valid
         features = torch.cat(
-            [odom_rot * MOTION_SCALE, odom_trans * MOTION_SCALE, odom_valid,
-             obs["dt"] * MOTION_SCALE, _scale_cues(cues)],
+            [
+                odom_rot * MOTION_SCALE,
+                odom_trans * MOTION_SCALE,
+                odom_valid,
+                obs["dt"] * MOTION_SCALE,
+                _scale_cues(cues),
+            ],
             dim=-1,
         )
         tokens = torch.cat([self.motion_token(features)[:, None], self.encoder(obs["image"])], 1)

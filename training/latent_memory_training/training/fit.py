@@ -179,9 +179,14 @@ def evaluate(model: LocalisationModel, seqs: list[PreparedSequence], use_odom: b
         state, out = model.rollout(state, obs)
         poses.append(out["pose"].double().numpy())
     est = np.concatenate(poses, axis=1)
-    rows = [trajectory_metrics(s.stamps[:n], est[i], s.stamps[:n], s.gt[:n]) for i, s in enumerate(seqs)]
+    rows = [
+        trajectory_metrics(s.stamps[:n], est[i], s.stamps[:n], s.gt[:n]) for i, s in enumerate(seqs)
+    ]
     model.train()
-    return {k: float(np.mean([r[k] for r in rows])) for k in ("ate_rmse_m", "rpe_trans_m", "rpe_rot_deg")}
+    return {
+        k: float(np.mean([r[k] for r in rows]))
+        for k in ("ate_rmse_m", "rpe_trans_m", "rpe_rot_deg")
+    }
 
 
 def odometry_baseline(seqs: list[PreparedSequence]) -> dict:
@@ -191,7 +196,10 @@ def odometry_baseline(seqs: list[PreparedSequence]) -> dict:
         steps = s.odom[:, :7].astype(np.float64)
         est = geometry.integrate(steps)
         rows.append(trajectory_metrics(s.stamps, est, s.stamps, s.gt))
-    return {k: float(np.mean([r[k] for r in rows])) for k in ("ate_rmse_m", "rpe_trans_m", "rpe_rot_deg")}
+    return {
+        k: float(np.mean([r[k] for r in rows]))
+        for k in ("ate_rmse_m", "rpe_trans_m", "rpe_rot_deg")
+    }
 
 
 def save_checkpoint(path: Path, model: LocalisationModel, opt, ckpt: Checkpoint) -> None:
@@ -274,7 +282,9 @@ def fit(
         ckpt.step += 1
         frames += cfg.batch * cfg.window
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}", fps=f"{frames / (time.perf_counter() - started):.0f}")
+        bar.set_postfix(
+            loss=f"{float(loss):.4f}", fps=f"{frames / (time.perf_counter() - started):.0f}"
+        )
         if val and (ckpt.step % cfg.val_every == 0 or ckpt.step == cfg.steps):
             with_odom = evaluate(model, val, use_odom=True)
             images_only = evaluate(model, val, use_odom=False)
