@@ -243,7 +243,7 @@ class StudentRuntime:
         for name, value in self._state.items():
             feed[f"state.{name}"] = value
         outputs = self._session.run(None, feed)
-        result = dict(zip((o.name for o in self._session.get_outputs()), outputs, strict=False))
+        result = dict(zip((o.name for o in self._session.get_outputs()), outputs, strict=True))
         for name in self._state:
             self._state[name] = result[f"state_out.{name}"]
         self.frames += 1

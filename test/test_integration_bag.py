@@ -99,9 +99,12 @@ def _offline_poses(model_dir: Path, bag: Path) -> np.ndarray:
     to_camera = CameraMotionFromOdometry(run.base_to_camera)
     odom = run.odom_at(run.image_stamps)
     poses = []
-    for (_stamp, rgb), base in zip(run.images(), odom, strict=False):
+    previous = None
+    for (stamp, rgb), base in zip(run.images(), odom, strict=True):
         motion = to_camera.update(base) if rt.spec.uses_odom else None
-        poses.append(rt.step(rgb, odom_motion=motion).pose)
+        dt = None if previous is None else stamp - previous
+        previous = stamp
+        poses.append(rt.step(rgb, odom_motion=motion, dt=dt).pose)
     return np.array(poses)
 
 

@@ -29,7 +29,7 @@ class StepGraph(nn.Module):
         self.state_names = list(model.state_shapes())
 
     def forward(self, image, odom, dt_s, cues, *states):
-        state = dict(zip(self.state_names, states, strict=False))
+        state = dict(zip(self.state_names, states, strict=True))
         new_state, out = self.model.step(
             state, {"image": image, "odom": odom, "dt": dt_s, "cues": cues}
         )

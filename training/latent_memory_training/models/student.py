@@ -34,7 +34,7 @@ class ImageEncoder(nn.Module):
         super().__init__()
         chans = [3, 16, 32, 48, dim]
         layers: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:], strict=False):
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
             layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GELU()]
         self.net = nn.Sequential(*layers)
         grid = (height // 16) * (width // 16)
