@@ -32,10 +32,10 @@ from latent_memory_ros.evaluation import (
     plot_title,
     plot_trajectories,
     trajectory_metrics,
-    write_tum,
 )
 from latent_memory_ros.model_format import default_model_dir
 from latent_memory_ros.replay import BagPlayer, use_large_message_transport
+from latent_memory_ros.tum import write_trajectory
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_NAME = "latent_memory_node"
@@ -194,10 +194,10 @@ def score(run: BagRun, mount: np.ndarray, collected: dict[str, Any], out: Path) 
         "bag": str(run.path),
         "providers": [diagnostics["provider"]] if "provider" in diagnostics else [],
     }
-    write_tum(out / "est.tum", stamps, est)
-    write_tum(out / "gt.tum", run.gt.stamps, run.gt.poses)
+    write_trajectory(out / "est.tum", stamps, est)
+    write_trajectory(out / "gt.tum", run.gt.stamps, run.gt.poses)
     odometry = odometry_camera_poses(odom_base, mount)
-    write_tum(out / "odom.tum", run.image_stamps, odometry)
+    write_trajectory(out / "odom.tum", run.image_stamps, odometry)
     plot_trajectories(
         out / "trajectory.png",
         (run.gt.stamps, run.gt.poses),

@@ -26,6 +26,7 @@ from evo.core.trajectory import PoseTrajectory3D
 from latent_memory_ros import geometry
 from latent_memory_ros.bag import Track, read_run
 from latent_memory_ros.model_format import default_model_dir
+from latent_memory_ros.tum import write_trajectory
 
 # Largest stamp difference (s) for two poses to be associated; evo's CLI default.
 MAX_DT = 0.01
@@ -118,15 +119,6 @@ def baseline_metrics(
         camera = odometry_camera_poses(odom_base_at_images, base_to_camera)
         out |= _prefixed("odom_", trajectory_metrics(image_stamps, camera, gt.stamps, gt.poses))
     return out
-
-
-def write_tum(path: Path, stamps: np.ndarray, poses: np.ndarray) -> None:
-    """TUM trajectory file: one ``stamp tx ty tz qx qy qz qw`` line per finite pose."""
-    poses = np.asarray(poses, dtype=np.float64)
-    finite = np.all(np.isfinite(poses), axis=1)
-    with open(path, "w") as f:
-        for stamp, pose in zip(np.asarray(stamps)[finite], poses[finite], strict=True):
-            f.write(f"{stamp:.9f} " + " ".join(f"{v:.17g}" for v in pose) + "\n")
 
 
 def plot_trajectories(
@@ -271,8 +263,8 @@ def evaluate_bag(
         poses[i], step_ms[i], previous = result.pose, result.step_ms, stamp
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_tum(out_dir / "est.tum", stamps, poses)
-    write_tum(out_dir / "gt.tum", run.gt.stamps, run.gt.poses)
+    write_trajectory(out_dir / "est.tum", stamps, poses)
+    write_trajectory(out_dir / "gt.tum", run.gt.stamps, run.gt.poses)
     metrics: dict[str, Any] = {
         "frames": frames,
         "frames_with_pose": int(np.all(np.isfinite(poses), axis=1).sum()),
@@ -289,7 +281,7 @@ def evaluate_bag(
     estimates = {"model": (stamps, poses)}
     if odom_base is not None and mount is not None:
         estimates["odometry"] = (stamps, odometry_camera_poses(odom_base, mount))
-        write_tum(out_dir / "odom.tum", *estimates["odometry"])
+        write_trajectory(out_dir / "odom.tum", *estimates["odometry"])
     plot_trajectories(
         out_dir / "trajectory.png", (run.gt.stamps, run.gt.poses), estimates, plot_title(metrics)
     )

@@ -18,8 +18,8 @@ from latent_memory_ros.evaluation import (
     main,
     no_motion_metrics,
     trajectory_metrics,
-    write_tum,
 )
+from latent_memory_ros.tum import write_trajectory
 
 EVO_RTOL = 1e-6
 METRIC_KEYS = {
@@ -98,8 +98,8 @@ def test_trajectory_metrics_match_evo_cli(tmp_path: Path) -> None:
 
     metrics = trajectory_metrics(stamps[keep], est[keep], stamps, gt)
 
-    write_tum(tmp_path / "gt.tum", stamps, gt)
-    write_tum(tmp_path / "est.tum", stamps[keep], est[keep])
+    write_trajectory(tmp_path / "gt.tum", stamps, gt)
+    write_trajectory(tmp_path / "est.tum", stamps[keep], est[keep])
     assert len((tmp_path / "est.tum").read_text().splitlines()) == 287  # NaN rows left out
     assert metrics["matched_poses"] == 287
     assert metrics["alignment"] == "SE(3)"
@@ -124,8 +124,8 @@ def test_no_motion_is_the_spread_of_the_ground_truth(tmp_path: Path) -> None:
     assert metrics["ate_rmse_m"] == pytest.approx(spread, rel=1e-9)
     # evo's CLI on the same constant pose placed at the centroid, without alignment.
     constant = np.tile([*gt[:, :3].mean(axis=0), 0.0, 0.0, 0.0, 1.0], (len(stamps), 1))
-    write_tum(tmp_path / "gt.tum", stamps, gt)
-    write_tum(tmp_path / "still.tum", stamps, constant)
+    write_trajectory(tmp_path / "gt.tum", stamps, gt)
+    write_trajectory(tmp_path / "still.tum", stamps, constant)
     evo_ate = evo_rmse("evo_ape", tmp_path / "gt.tum", tmp_path / "still.tum")
     assert metrics["ate_rmse_m"] == pytest.approx(evo_ate, rel=EVO_RTOL)
     assert metrics["rpe_trans_m"] == pytest.approx(

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from latent_memory_ros import geometry
+from latent_memory_ros.tum import tum_lines, write_trajectory
 
 from .sequence import Sequence
 
@@ -258,12 +259,6 @@ def write_rosbag2(
     return out_dir
 
 
-def _tum_lines(stamps: np.ndarray, poses: np.ndarray) -> list[str]:
-    return [
-        f"{s:.6f} " + " ".join(f"{v:.9f}" for v in p) for s, p in zip(stamps, poses, strict=True)
-    ]
-
-
 def write_tum(
     seq: Sequence, out_dir: Path, overwrite: bool = False, progress: Progress | None = None
 ) -> Path:
@@ -275,7 +270,8 @@ def write_tum(
     TUM format has no place for.
     """
     out_dir = Path(out_dir)
-    names = [f"{s:.6f}" for s in seq.stamps]
+    # The same stamp text as the trajectory files, so TUM association matches exactly.
+    names = [line.split(" ", 1)[0] for line in tum_lines(seq.stamps, seq.gt_camera)]
     if len(set(names)) != len(names):
         raise ValueError("stamps collide at microsecond resolution")
     with _atomic_dir(out_dir, overwrite) as path:
@@ -296,19 +292,13 @@ def write_tum(
             + "".join(f"{n} rgb/{n}.png\n" for n in names)
         )
         pose_head = "# timestamp tx ty tz qx qy qz qw\n"
-        (path / "groundtruth.txt").write_text(
-            "# ground truth trajectory: camera optical frame in the world frame\n"
-            + head
-            + pose_head
-            + "\n".join(_tum_lines(seq.stamps, seq.gt_camera))
-            + "\n"
+        gt_head = "# ground truth trajectory: camera optical frame in the world frame\n"
+        write_trajectory(
+            path / "groundtruth.txt", seq.stamps, seq.gt_camera, gt_head + head + pose_head
         )
-        (path / "odometry.txt").write_text(
-            "# wheel odometry: base_link in the odom frame\n"
-            + head
-            + pose_head
-            + "\n".join(_tum_lines(seq.stamps, seq.odom_base))
-            + "\n"
+        odom_head = "# wheel odometry: base_link in the odom frame\n"
+        write_trajectory(
+            path / "odometry.txt", seq.stamps, seq.odom_base, odom_head + head + pose_head
         )
         bias = np.asarray(seq.yaw_bias) if seq.yaw_bias is not None else np.zeros(len(seq))
         (path / "yaw_bias.txt").write_text(

@@ -250,11 +250,10 @@ def fit(
         if data.get("optimizer"):
             opt.load_state_dict(data["optimizer"])
         ckpt.step, ckpt.best, ckpt.history = data["step"], data["best"], data["history"]
+    start = ckpt.step  # a resumed run continues the cosine schedule where it stopped
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(cfg.steps, 1))))
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, (s + start) / max(cfg.steps, 1))))
     )
-    for _ in range(ckpt.step):
-        sched.step()
     rng = np.random.default_rng(cfg.seed + ckpt.step)
     streams = Streams(train, cfg, rng)
     state = model.initial_state(cfg.batch)
