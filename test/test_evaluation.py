@@ -247,15 +247,18 @@ def test_eval_cli_reports_a_missing_topic(
     assert "/wheel_odom" in err and "/odom (nav_msgs/msg/Odometry)" in err
 
 
-def test_eval_cli_runs_the_shipped_model(tmp_path: Path, model_dir: Path) -> None:
-    write_test_bag(tmp_path / "bag", frames=12, size=(64, 48))
+def test_eval_cli_runs_the_shipped_model_on_a_rendered_bag(tmp_path: Path, model_dir: Path) -> None:
+    generate = pytest.importorskip("latent_memory_training.data.generate")
+    writers = pytest.importorskip("latent_memory_training.data.writers")
+    seq = generate.render_sequence("test", 1, seed=5, frames=90, size=(320, 240))
+    writers.write_rosbag2(seq, tmp_path / "bag", "sqlite3")
     args = eval_args(tmp_path / "bag", tmp_path / "out", "--odom-topic", "/odom")
     args[args.index("--model") + 1] = str(model_dir)
     assert main(args) == 0
 
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert METRIC_KEYS | ODOM_KEYS <= set(metrics)
-    assert metrics["frames_with_pose"] == 12
+    assert metrics["frames_with_pose"] == 90
     assert np.isfinite(metrics["ate_rmse_m"]) and metrics["step_ms_p50"] > 0
     assert metrics["providers"]
     assert_matches_evo_cli(metrics, tmp_path / "out" / "gt.tum", tmp_path / "out" / "est.tum")
