@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--metrics", type=Path, help="JSON of metrics measured before export")
     export.add_argument("--data-summary", type=Path, help="JSON describing the training data")
+    bench = sub.add_parser(
+        "bench", help="per-cell cost: parameters, state bytes, FLOPs, latency against t"
+    )
+    bench.add_argument("--out", type=Path, required=True, help="folder for costs.json/.md/.png")
+    bench.add_argument("--cells", nargs="+", help="cells to measure (default: all)")
+    bench.add_argument("--at", type=int, nargs="+", default=[10, 100, 1000, 10000])
+
     heldout = sub.add_parser("heldout", help="held-out accuracy of an exported model and baselines")
     heldout.add_argument("--model", type=Path, required=True)
     heldout.add_argument(
@@ -129,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         from latent_memory_training.data.cli_render import run_render
 
         return run_render(args) or 0
+    if args.command == "bench":
+        from latent_memory_training.benchmark.costs import all_cells, costs_table, run_costs
+
+        rows = run_costs(args.out, args.cells or all_cells(), tuple(args.at))
+        print(costs_table(rows, tuple(args.at)))
+        return 0
     if args.command == "heldout":
         from latent_memory_training.benchmark.heldout import run
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from latent_memory_ros.cues import CUE_DIM
 from latent_memory_training.models import so3
-from latent_memory_training.models.cells import CELLS, MemoryCell, State
+from latent_memory_training.models.cells import CELLS, REFERENCE_CELLS, MemoryCell, State
 from latent_memory_training.models.config import ModelConfig
 
 # Per-frame motions are centimetres and centiradians; this brings them to O(1).
@@ -56,7 +56,10 @@ class LocalisationModel(nn.Module):
         self.motion_token = nn.Sequential(
             nn.Linear(self.motion_features, d), nn.GELU(), nn.Linear(d, d)
         )
-        self.cell: MemoryCell = CELLS[config.cell](slots=config.slots, dim=d, heads=config.heads)
+        cells = {**CELLS, **REFERENCE_CELLS}
+        if config.cell not in cells:
+            raise ValueError(f"unknown cell '{config.cell}'; choose from {', '.join(cells)}")
+        self.cell: MemoryCell = cells[config.cell](slots=config.slots, dim=d, heads=config.heads)
         self.trunk = nn.Sequential(
             nn.Linear(self.cell.readout_dim + self.motion_features, config.hidden), nn.GELU()
         )
