@@ -17,13 +17,14 @@ import numpy as np
 from tqdm import tqdm
 
 from latent_memory_ros import geometry
+from latent_memory_ros.cues import sequence_cues
 from latent_memory_ros.evaluation import trajectory_metrics
 from latent_memory_ros.runtime import CameraMotionFromOdometry, StudentRuntime
 from latent_memory_training.data.generate import mirror
 from latent_memory_training.data.prepare import odometry_motions
 from latent_memory_training.data.sequence import Sequence
 
-METHODS = ("model_odom", "model_images", "odometry", "no_motion")
+METHODS = ("model_odom", "model_images", "odometry", "classical_vo", "no_motion")
 KEYS = ("ate_rmse_m", "ate_sim3_rmse_m", "rpe_trans_m", "rpe_rot_deg")
 
 
@@ -42,6 +43,21 @@ def run_model(rt: StudentRuntime, seq: Sequence, use_odom: bool) -> tuple[np.nda
     return np.array(poses), times
 
 
+def classical_vo(seq: Sequence, odom: np.ndarray) -> np.ndarray:
+    """What a user would run instead of a learned model: monocular visual odometry with
+    the scale from the wheels. Corners tracked frame to frame (Lucas-Kanade) give the
+    rotation and the heading (:mod:`latent_memory_ros.cues`, fitted jointly: the
+    essential matrix is degenerate at these baselines); the distance travelled is the
+    wheel odometry's. Frames without a vision estimate take the odometry's motion."""
+    cue = sequence_cues(seq.images, seq.intrinsics).astype(np.float64)
+    steps = odom.copy()
+    ok = cue[:, 0] > 0
+    distance = np.linalg.norm(odom[:, :3], axis=1, keepdims=True)
+    steps[ok, :3] = cue[ok, 4:7] * distance[ok]
+    steps[ok, 3:] = geometry.rotvec_to_quat(cue[ok, 1:4])
+    return geometry.integrate(steps)
+
+
 def evaluate_sequence(rt: StudentRuntime, seq: Sequence) -> dict:
     gt, stamps = seq.gt_camera, seq.stamps
     estimates = {}
@@ -52,6 +68,7 @@ def evaluate_sequence(rt: StudentRuntime, seq: Sequence) -> dict:
         step_ms += times
     odom = odometry_motions(seq)[:, :7].astype(np.float64)
     estimates["odometry"] = geometry.integrate(odom)
+    estimates["classical_vo"] = classical_vo(seq, odom)
     estimates["no_motion"] = np.tile(geometry.IDENTITY, (len(seq), 1))
     row = {m: trajectory_metrics(stamps, est, stamps, gt) for m, est in estimates.items()}
     row["step_ms"] = step_ms
@@ -105,6 +122,7 @@ def markdown_table(result: dict) -> str:
         "model_odom": "student, images + odometry",
         "model_images": "student, images only",
         "odometry": "integrating the wheel odometry",
+        "classical_vo": "classical VO (OpenCV tracks, wheel scale)",
         "no_motion": "no motion (fixed pose)",
     }
     for variant, methods in result["summary"].items():
