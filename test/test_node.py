@@ -293,6 +293,36 @@ def test_reset_starts_over(harness: Harness) -> None:
     assert len(path.poses) == 1
 
 
+def test_odometry_arriving_after_its_frame_is_still_that_frames(harness: Harness) -> None:
+    """A camera frame usually beats its odometry over the wire: the node holds the frame
+    until the odometry stamped with it arrives, so the pose equals the in-order one."""
+    frames = texture_frames(3)
+
+    def run(odometry_late: bool) -> list[np.ndarray]:
+        assert harness.reset().success
+        poses = []
+        for k, bgr in enumerate(frames):
+            if not odometry_late:
+                poses.append(pose_from_msg(harness.send_frame(bgr, base_x=0.2 * k).pose))
+                continue
+            stamp = harness.next_stamp()
+            harness.image_pub.publish(image_msg(bgr, stamp))
+            harness.sent_good += 1
+            deadline = time.monotonic() + 0.03
+            while time.monotonic() < deadline:
+                harness.spin()
+            assert key(stamp) not in harness.poses  # held, waiting for its odometry
+            harness.send_odometry(stamp, 0.2 * k)
+            harness.wait(lambda s=stamp: key(s) in harness.poses, "the held frame's pose")
+            poses.append(pose_from_msg(harness.poses[key(stamp)].pose))
+        return poses
+
+    in_order, late = run(odometry_late=False), run(odometry_late=True)
+    np.testing.assert_allclose(np.array(late), np.array(in_order), atol=1e-6)
+    # The odometry moved the base 0.2 m per frame: the poses moved.
+    assert np.linalg.norm(late[-1][:3] - late[0][:3]) > 0.1
+
+
 def test_malformed_frames_are_skipped_and_counted(harness: Harness) -> None:
     good = texture_frames(3)
     bgr = good[0]

@@ -140,18 +140,18 @@ def window_loss(out: dict, targets: dict, cfg: TrainConfig) -> tuple[torch.Tenso
         g = so3.relative(gt[:, :-s], gt[:, s:])
         te, re = so3.pose_errors(p, g)
         term = (te.mean() + re.mean()) / s
-        terms[f"span{s}"] = float(term)
+        terms[f"span{s}"] = float(term.detach())
         total = total + term
     on = targets["odom_on"].float()[:, None, None]
     bias_err = ((out["bias"] - targets["bias"]) * 1000.0) ** 2 * on
     bias_loss = bias_err.sum() / (on.sum() * 3 * w + 1e-9)
-    terms["bias_mrad2"] = float(bias_loss)
+    terms["bias_mrad2"] = float(bias_loss.detach())
     gt_motion = so3.relative(gt[:, :-1], gt[:, 1:])
     d = so3.relative(gt_motion, out["motion"][:, 1:]).detach()
     err = torch.cat([d[..., :3], so3.quat_to_rotvec(d[..., 3:])], dim=-1)
     lv = out["log_var"][:, 1:]
     nll = 0.5 * (err**2 * torch.exp(-lv) + lv).mean()
-    terms["nll"] = float(nll)
+    terms["nll"] = float(nll.detach())
     total = total + cfg.bias_weight * bias_loss + cfg.nll_weight * nll
     return total, terms
 
@@ -282,7 +282,8 @@ def fit(
         frames += cfg.batch * cfg.window
         bar.update(1)
         bar.set_postfix(
-            loss=f"{float(loss):.4f}", fps=f"{frames / (time.perf_counter() - started):.0f}"
+            loss=f"{float(loss.detach()):.4f}",
+            fps=f"{frames / (time.perf_counter() - started):.0f}",
         )
         if val and (ckpt.step % cfg.val_every == 0 or ckpt.step == cfg.steps):
             with_odom = evaluate(model, val, use_odom=True)
@@ -291,7 +292,7 @@ def fit(
             score = with_odom["ate_rmse_m"] / baseline["ate_rmse_m"] + images_only["ate_rmse_m"]
             entry = {
                 "step": ckpt.step,
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 **terms,
                 "val_ate_odom_mode_m": with_odom["ate_rmse_m"],
                 "val_ate_images_only_m": images_only["ate_rmse_m"],
