@@ -80,6 +80,31 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_bench_accuracy(args: argparse.Namespace, cells: list[str]) -> int:
+    from latent_memory_training.benchmark.accuracy import accuracy_table, cell_accuracy
+    from latent_memory_training.data.prepare import find_sequences, load_prepared
+    from latent_memory_training.models.cells import CELLS
+    from latent_memory_training.training.config import TrainConfig
+
+    if not (args.val and args.test):
+        print("error: --data needs --val and --test", file=sys.stderr)
+        return 2
+    train = load_prepared(find_sequences(args.data), 128, 96, jobs=args.jobs)
+    val = load_prepared(find_sequences(args.val), 128, 96, jobs=args.jobs)
+    test = find_sequences(args.test)[: args.test_sequences]
+    half = max(1, args.train_steps // 2)
+    cfg = TrainConfig(steps=args.train_steps, window=48, spans=(1, 4, 16, 47),
+                      val_every=half, curriculum_steps=half)  # fmt: skip
+    rows = []
+    for cell in (c for c in cells if c in CELLS):
+        rows.append(cell_accuracy(cell, train, val, test, args.out, cfg, jobs=args.jobs))
+        (args.out / "accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (args.out / "accuracy.md").write_text(accuracy_table(rows) + "\n")
+        print(accuracy_table(rows[-1:]).splitlines()[-1], flush=True)
+    print(accuracy_table(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from latent_memory_training.data.cli_render import add_render_arguments
     from latent_memory_training.models.config import ModelConfig
@@ -117,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, required=True, help="folder for costs.json/.md/.png")
     bench.add_argument("--cells", nargs="+", help="cells to measure (default: all)")
     bench.add_argument("--at", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    bench.add_argument("--data", type=Path, help="train renders (*.npz): also train every cell")
+    bench.add_argument("--val", type=Path, help="validation renders (*.npz)")
+    bench.add_argument("--test", type=Path, help="held-out renders (*.npz)")
+    bench.add_argument("--train-steps", type=int, default=300, help="training budget per cell")
+    bench.add_argument("--test-sequences", type=int, default=5, help="held-out sequences used")
+    bench.add_argument("--jobs", type=int, default=2, help="processes for data and evaluation")
 
     heldout = sub.add_parser("heldout", help="held-out accuracy of an exported model and baselines")
     heldout.add_argument("--model", type=Path, required=True)
@@ -139,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from latent_memory_training.benchmark.costs import all_cells, costs_table, run_costs
 
-        rows = run_costs(args.out, args.cells or all_cells(), tuple(args.at))
+        cells = args.cells or all_cells()
+        rows = run_costs(args.out, cells, tuple(args.at))
         print(costs_table(rows, tuple(args.at)))
+        if args.data:
+            return _run_bench_accuracy(args, cells)
         return 0
     if args.command == "heldout":
         from latent_memory_training.benchmark.heldout import run

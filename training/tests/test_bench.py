@@ -19,3 +19,24 @@ def test_costs_report_every_column(tmp_path):
     assert json.loads((tmp_path / "costs.json").read_text()) == rows
     assert "| kinaema |" in (tmp_path / "costs.md").read_text()
     assert (tmp_path / "latency.png").stat().st_size > 10_000
+
+
+def test_accuracy_trains_exports_and_scores_a_cell(tmp_path):
+    from latent_memory_training.benchmark.accuracy import accuracy_table, cell_accuracy
+    from latent_memory_training.data.generate import render_sequence
+    from latent_memory_training.data.prepare import load_prepared
+    from latent_memory_training.training.config import TrainConfig
+
+    paths = []
+    for split, i in (("train", 0), ("val", 0), ("test", 0)):
+        path = tmp_path / f"{split}.npz"
+        render_sequence(split, i, seed=2, frames=30, size=(160, 120)).save(path)
+        paths.append(path)
+    train, val = load_prepared(paths[:2], 128, 96)
+    cfg = TrainConfig(steps=2, batch=2, window=8, spans=(1, 4), val_every=2, min_episode=16)
+    row = cell_accuracy("gru", [train], [val], [paths[2]], tmp_path / "runs", cfg, jobs=1)
+    assert row["cell"] == "gru" and row["test_sequences"] == 1 and row["train_s"] > 0
+    assert (tmp_path / "runs" / "gru" / "model" / "step.onnx").is_file()
+    for method in ("model_odom", "model_images", "odometry", "classical_vo", "no_motion"):
+        assert row[f"{method}_ate_rmse_m"] >= 0
+    assert "| gru |" in accuracy_table([row])
