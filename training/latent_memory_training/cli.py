@@ -91,9 +91,11 @@ def _run_bench_accuracy(args: argparse.Namespace, cells: list[str]) -> int:
         return 2
     train = load_prepared(find_sequences(args.data), 128, 96, jobs=args.jobs)
     val = load_prepared(find_sequences(args.val), 128, 96, jobs=args.jobs)
-    test = find_sequences(args.test)[: args.test_sequences]
-    half = max(1, args.train_steps // 2)
-    cfg = TrainConfig(steps=args.train_steps, window=48, spans=(1, 4, 16, 47),
+    steps = 2400 if args.full else args.train_steps
+    test = find_sequences(args.test)
+    test = test if args.full else test[: args.test_sequences]
+    half = max(1, steps // 2)
+    cfg = TrainConfig(steps=steps, window=48, spans=(1, 4, 16, 47),
                       val_every=half, curriculum_steps=half)  # fmt: skip
     rows = []
     for cell in (c for c in cells if c in CELLS):
@@ -148,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--train-steps", type=int, default=300, help="training budget per cell")
     bench.add_argument("--test-sequences", type=int, default=5, help="held-out sequences used")
     bench.add_argument("--jobs", type=int, default=2, help="processes for data and evaluation")
+    bench.add_argument(
+        "--full",
+        action="store_true",
+        help="the long version: the shipped model's budget (2,400 steps) and all held-out sequences",
+    )
 
     heldout = sub.add_parser("heldout", help="held-out accuracy of an exported model and baselines")
     heldout.add_argument("--model", type=Path, required=True)
