@@ -1,19 +1,11 @@
-"""Every memory cell: stepping equals ``sequence``, the state keeps its size and stays
-bounded over long runs, and each exportable cell's ONNX graph matches PyTorch."""
+"""Every memory cell: stepping equals ``sequence`` and the state keeps its size and stays
+bounded over long runs (export parity of every cell: test_export.py)."""
 
-import cv2
 import numpy as np
 import pytest
-import skimage.data
 import torch
 
-from latent_memory_ros import cues as cue_defs
-from latent_memory_ros import geometry
-from latent_memory_ros.runtime import StudentRuntime
-from latent_memory_training.export.onnx_export import export_model
 from latent_memory_training.models.cells import CELLS, REFERENCE_CELLS
-from latent_memory_training.models.config import ModelConfig
-from latent_memory_training.models.student import LocalisationModel
 
 ALL_CELLS = {**CELLS, **REFERENCE_CELLS}
 EXPORTABLE = sorted(name for name, cls in CELLS.items() if cls.exportable)
@@ -126,58 +118,3 @@ def test_arelit_terms_separate_frames_fewer_than_r_apart(r):
     assert c.shape == (3 * r, r)
     same = (t - t.T).remainder(r) == 0
     torch.testing.assert_close(c @ c.T, r * same.double(), atol=1e-5, rtol=0)
-
-
-def _frames(n: int):
-    """A camera panning over a real photo (small frames), with roughly agreeing odometry."""
-    photo = cv2.resize(skimage.data.astronaut(), (480, 360))
-    rng = np.random.default_rng(0)
-    for t in range(n):
-        x = 20 + t
-        rgb = np.ascontiguousarray(photo[60:300, x : x + 320])
-        odom = np.concatenate(
-            [rng.normal(0, 0.01, 3), geometry.rotvec_to_quat(rng.normal(0, 0.01, 3))]
-        )
-        yield rgb, (None if t == 0 else odom)
-
-
-@pytest.mark.parametrize("name", EXPORTABLE)
-def test_exported_cell_matches_pytorch_over_100_steps(name, tmp_path):
-    torch.manual_seed(0)
-    model = LocalisationModel(ModelConfig(cell=name))
-    # Zero-initialised heads and corrections would make parity trivially true for them.
-    with torch.no_grad():
-        for layer in (model.delta, model.log_var, model.speed, model.bias_rate):
-            layer.weight.normal_(0.0, 0.05)
-        for p in model.cell.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    export_model(model.eval(), tmp_path, f"parity-{name}")
-    rt = StudentRuntime(tmp_path, providers=["CPUExecutionProvider"], warmup=0)
-    assert rt.spec.cell == name
-    state = model.initial_state(1)
-    cfg = cue_defs.CueConfig()
-    k = cue_defs.scale_intrinsics(np.array(rt.spec.intrinsics), cfg.width / rt.spec.image_width)
-    prev = None
-    worst = 0.0
-    for rgb, odom in _frames(100):
-        res = rt.step(rgb, odom_motion=odom, dt=1 / 30)
-        gray = cue_defs.to_gray(rgb, cfg)
-        obs = {
-            "image": torch.from_numpy(rt.preprocess(rgb)),
-            "odom": torch.tensor(
-                [[*(odom if odom is not None else [0, 0, 0, 0, 0, 0, 1]), float(odom is not None)]]
-            ).float(),
-            "dt": torch.tensor([[1 / 30]]),
-            "cues": torch.from_numpy(cue_defs.two_view_cues(prev, gray, k, cfg))[None],
-        }
-        prev = gray
-        with torch.no_grad():
-            state, out = model.step(state, obs)
-        worst = max(worst, np.abs(res.log_var - out["log_var"][0].numpy()).max())
-        worst = max(worst, np.abs(res.pose - out["pose"][0].double().numpy()).max())
-        for key, value in rt.state.items():
-            worst = max(worst, np.abs(value - state[key].numpy()).max())
-    assert set(rt.state) == set(state)
-    assert worst < 1e-4
-    assert rt.frames == 100

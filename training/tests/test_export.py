@@ -14,26 +14,32 @@ from latent_memory_ros import geometry
 from latent_memory_ros.model_format import ModelError
 from latent_memory_ros.runtime import StudentRuntime
 from latent_memory_training.export.onnx_export import export_model
+from latent_memory_training.models.cells import CELLS
 from latent_memory_training.models.config import ModelConfig
 from latent_memory_training.models.student import LocalisationModel
+
+EXPORTABLE = sorted(name for name, cls in CELLS.items() if cls.exportable)
+
+
+def perturbed_model(cell: str) -> LocalisationModel:
+    """A model whose zero-initialised heads and cell weights are perturbed: with zeros
+    there, parity would hold trivially for them."""
+    torch.manual_seed(0)
+    model = LocalisationModel(ModelConfig(cell=cell))
+    with torch.no_grad():
+        for layer in (model.delta, model.log_var, model.speed, model.bias_rate):
+            layer.weight.normal_(0.0, 0.05)
+        for p in model.cell.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    model = LocalisationModel(ModelConfig())
-    # Zero-initialised heads would make parity trivially true for them: perturb them.
-    with torch.no_grad():
-        for layer in (
-            model.delta,
-            model.log_var,
-            model.speed,
-            model.bias_rate,
-            model.cell.correction,
-        ):
-            layer.weight.normal_(0.0, 0.05)
+    model = perturbed_model("kinaema")
     out = tmp_path_factory.mktemp("model")
-    export_model(model.eval(), out, "parity")
+    export_model(model, out, "parity")
     return model, out
 
 
@@ -50,8 +56,10 @@ def _frames(n: int):
         yield rgb, (None if t == 0 else odom)
 
 
-def test_runtime_matches_pytorch_over_100_steps(exported):
-    model, model_dir = exported
+@pytest.mark.parametrize("cell", EXPORTABLE)
+def test_runtime_matches_pytorch_over_100_steps(cell, tmp_path):
+    model = perturbed_model(cell)
+    model_dir = export_model(model, tmp_path, f"parity-{cell}")
     rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"])
     state = model.initial_state(1)
     cfg = cue_defs.CueConfig()
@@ -76,6 +84,7 @@ def test_runtime_matches_pytorch_over_100_steps(exported):
         worst = max(worst, np.abs(res.pose - out["pose"][0].double().numpy()).max())
         for name, value in rt.state.items():
             worst = max(worst, np.abs(value - state[name].numpy()).max())
+    assert rt.spec.cell == cell and set(rt.state) == set(state)
     assert worst < 1e-4
     assert rt.frames == 100
 
