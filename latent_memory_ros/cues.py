@@ -34,7 +34,6 @@ class CueConfig:
     max_corners: int = 300
     quality: float = 0.01
     min_distance: int = 7
-    ransac_px: float = 0.75
 
 
 def scale_intrinsics(intrinsics: np.ndarray, scale: float) -> np.ndarray:
