@@ -1,9 +1,10 @@
 """Classical two-view motion cues that the student network takes beside the image.
 
 A network trained briefly on two CPU cores does not learn yaw from pixels (see the
-project's lessons); tracked corners and a small linear motion-field fit give it a
-nearly unbiased, noisy rotation and a translation direction for free. The same function runs in training (on
-cached renders) and in the runtime (on live frames), so the network sees one definition.
+project's lessons); tracked corners and a joint fit of rotation and heading to their
+flow give it a nearly unbiased, noisy rotation and a translation direction for free. The
+same function runs in training (on cached renders) and in the runtime (on live frames),
+so the network sees one definition.
 """
 
 from __future__ import annotations

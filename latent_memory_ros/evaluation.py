@@ -219,7 +219,7 @@ def evaluate_bag(
     trajectory.png to ``out_dir``; return the metrics."""
     from tqdm import tqdm
 
-    from latent_memory_ros.runtime import CameraMotionFromOdometry, StudentRuntime
+    from latent_memory_ros.runtime import StudentRuntime
 
     run = read_run(bag, image_topic, gt_topic=gt_topic, odom_topic=odom_topic)
     assert run.gt is not None
@@ -243,24 +243,10 @@ def evaluate_bag(
     frames = len(run) if max_frames is None else min(max_frames, len(run))
     stamps = run.image_stamps[:frames]
     odom_base = run.odom_at(stamps) if odom_topic is not None else None
-    motion = CameraMotionFromOdometry(mount) if feed_odom else None
-
-    poses = np.full((frames, 7), np.nan)
-    step_ms = np.zeros(frames)
-    previous = None
     images = tqdm(
         run.images(frames), total=frames, unit="frame", disable=not progress, file=sys.stderr
     )
-    for i, (stamp, rgb) in enumerate(images):
-        odom_motion = None
-        if motion is not None and odom_base is not None:
-            if np.all(np.isfinite(odom_base[i])):
-                odom_motion = motion.update(odom_base[i])
-            else:
-                motion.reset()  # else the next motion would span two frames
-        dt = stamp - previous if previous is not None and stamp > previous else None
-        result = runtime.step(rgb, odom_motion=odom_motion, dt=dt)
-        poses[i], step_ms[i], previous = result.pose, result.step_ms, stamp
+    poses, step_ms = runtime.run(images, odom_base if feed_odom else None, mount)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_trajectory(out_dir / "est.tum", stamps, poses)

@@ -247,7 +247,6 @@ class LatentMemoryNode(Node):
         self._warn_throttle_s: float = param("warn_throttle_s")
         self._path: deque[PoseStamped] = deque(maxlen=param("path_max_length"))
         self._odom_tolerance_s: float = param("odom_tolerance_s")
-        self._odom_tolerance_ns = int(self._odom_tolerance_s * 1e9)
         # (header, rgb, stamp ns, arrival monotonic s) of a frame waiting for odometry.
         self._held: tuple[Header, np.ndarray, int, float] | None = None
 
@@ -345,7 +344,7 @@ class LatentMemoryNode(Node):
             # frames; start the chain again instead.
             self._camera_motion.reset()
             self.get_logger().warning(
-                f"no odometry within {self._odom_tolerance_ns * 1e-9:.3f} s of the image stamp; "
+                f"no odometry within {self._odom_tolerance_s:.3f} s of the image stamp; "
                 "this frame runs without it",
                 throttle_duration_sec=self._warn_throttle_s,
             )
@@ -355,6 +354,7 @@ class LatentMemoryNode(Node):
     def _odom_at(self, image_ns: int) -> np.ndarray | None:
         """The base pose at the image stamp: interpolated between the odometry samples
         around it, else the nearest sample within odom_tolerance_s, else None."""
+        tolerance_ns = int(self._odom_tolerance_s * 1e9)
         before = after = None
         for sample in self._odom_buffer:
             if sample[0] <= image_ns:
@@ -364,12 +364,12 @@ class LatentMemoryNode(Node):
         if before is not None and before[0] == image_ns:
             return before[1]
         if before is not None and after is not None:
-            if after[0] - before[0] <= 2 * self._odom_tolerance_ns:
+            if after[0] - before[0] <= 2 * tolerance_ns:
                 fraction = (image_ns - before[0]) / (after[0] - before[0])
                 return geometry.interpolate(before[1], after[1], fraction)
         near = [s for s in (before, after) if s is not None]
         nearest = min(near, key=lambda s: abs(s[0] - image_ns), default=None)
-        if nearest is None or abs(nearest[0] - image_ns) > self._odom_tolerance_ns:
+        if nearest is None or abs(nearest[0] - image_ns) > tolerance_ns:
             return None
         return nearest[1]
 

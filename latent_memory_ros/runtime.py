@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,3 +255,30 @@ class StudentRuntime:
             log_var=result["log_var"][0].astype(np.float64),
             step_ms=(time.perf_counter() - start) * 1e3,
         )
+
+    def run(
+        self,
+        frames: Iterable[tuple[float, np.ndarray]],
+        odom_base: np.ndarray | None = None,
+        base_to_camera: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A whole run from its first frame, offline: ``(stamp_s, rgb)`` frames, optional
+        base poses ``(N, 7)`` from the wheel odometry at those frames (NaN rows: none),
+        and the camera mount. Returns poses ``(N, 7)`` and step times ``(N,)`` in ms."""
+        self.reset()
+        to_camera = CameraMotionFromOdometry(base_to_camera) if odom_base is not None else None
+        poses, step_ms = [], []
+        previous = None
+        for i, (stamp, rgb) in enumerate(frames):
+            motion = None
+            if to_camera is not None:
+                if np.all(np.isfinite(odom_base[i])):
+                    motion = to_camera.update(odom_base[i])
+                else:
+                    to_camera.reset()  # else the next motion would span two frames
+            dt = stamp - previous if previous is not None and stamp > previous else None
+            result = self.step(rgb, odom_motion=motion, dt=dt)
+            poses.append(result.pose)
+            step_ms.append(result.step_ms)
+            previous = stamp
+        return np.array(poses).reshape(-1, 7), np.array(step_ms)

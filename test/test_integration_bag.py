@@ -21,7 +21,7 @@ from std_srvs.srv import Trigger
 
 from latent_memory_ros.bag import read_run
 from latent_memory_ros.replay import BagPlayer
-from latent_memory_ros.runtime import CameraMotionFromOdometry, StudentRuntime
+from latent_memory_ros.runtime import StudentRuntime
 
 FRAMES = 60
 POSE_TOPIC = "/latent_memory_node/pose"
@@ -96,16 +96,8 @@ def _pose(msg: PoseStamped) -> np.ndarray:
 def _offline_poses(model_dir: Path, bag: Path) -> np.ndarray:
     run = read_run(bag, "/camera/image_raw", odom_topic="/odom")
     rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
-    to_camera = CameraMotionFromOdometry(run.base_to_camera)
-    odom = run.odom_at(run.image_stamps)
-    poses = []
-    previous = None
-    for (stamp, rgb), base in zip(run.images(), odom, strict=True):
-        motion = to_camera.update(base) if rt.spec.uses_odom else None
-        dt = None if previous is None else stamp - previous
-        previous = stamp
-        poses.append(rt.step(rgb, odom_motion=motion, dt=dt).pose)
-    return np.array(poses)
+    odom = run.odom_at(run.image_stamps) if rt.spec.uses_odom else None
+    return rt.run(run.images(), odom, run.base_to_camera)[0]
 
 
 def test_bag_replay_gives_every_frame_its_pose_and_reset_repeats_it(

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from latent_memory_ros import geometry
 from latent_memory_ros.cues import sequence_cues
 from latent_memory_ros.evaluation import trajectory_metrics
-from latent_memory_ros.runtime import CameraMotionFromOdometry, StudentRuntime
+from latent_memory_ros.runtime import StudentRuntime
 from latent_memory_training.data.generate import mirror
 from latent_memory_training.data.prepare import odometry_motions
 from latent_memory_training.data.sequence import Sequence
@@ -28,19 +28,9 @@ METHODS = ("model_odom", "model_images", "odometry", "classical_vo", "no_motion"
 KEYS = ("ate_rmse_m", "ate_sim3_rmse_m", "rpe_trans_m", "rpe_rot_deg")
 
 
-def run_model(rt: StudentRuntime, seq: Sequence, use_odom: bool) -> tuple[np.ndarray, list[float]]:
-    rt.reset()
-    to_camera = CameraMotionFromOdometry(seq.base_to_camera)
-    poses, times = [], []
-    prev_stamp = None
-    for t in range(len(seq)):
-        motion = to_camera.update(seq.odom_base[t]) if use_odom else None
-        dt = 0.0 if prev_stamp is None else float(seq.stamps[t] - prev_stamp)
-        prev_stamp = seq.stamps[t]
-        res = rt.step(seq.images[t], odom_motion=motion, dt=dt)
-        poses.append(res.pose)
-        times.append(res.step_ms)
-    return np.array(poses), times
+def run_model(rt: StudentRuntime, seq: Sequence, use_odom: bool) -> tuple[np.ndarray, np.ndarray]:
+    frames = zip(seq.stamps, seq.images, strict=True)
+    return rt.run(frames, seq.odom_base if use_odom else None, seq.base_to_camera)
 
 
 def classical_vo(seq: Sequence, odom: np.ndarray) -> np.ndarray:
@@ -65,7 +55,7 @@ def evaluate_sequence(rt: StudentRuntime, seq: Sequence) -> dict:
     for name, use_odom in (("model_odom", True), ("model_images", False)):
         est, times = run_model(rt, seq, use_odom)
         estimates[name] = est
-        step_ms += times
+        step_ms += list(times)
     odom = odometry_motions(seq)[:, :7].astype(np.float64)
     estimates["odometry"] = geometry.integrate(odom)
     estimates["classical_vo"] = classical_vo(seq, odom)
