@@ -275,6 +275,7 @@ class BagPlayer:
         if image_topic not in self._publishers:
             raise LookupError(f"image topic {image_topic} is not among the played topics")
         ack = self.node.create_subscription(PoseStamped, ack_topic, self._on_ack, 10)
+        self._wait_for_ack_publisher(ack, first_timeout or timeout)
         start = time.monotonic()
         stream = self._messages()
         queue: deque[_Message] = deque()  # read, not yet published, in bag order
@@ -294,6 +295,15 @@ class BagPlayer:
             self.node.destroy_subscription(ack)
         self.stats.wall_s += time.monotonic() - start
         return self.stats
+
+    def _wait_for_ack_publisher(self, ack: Any, timeout: float, settle: float = 0.5) -> None:
+        """Give the acknowledging publisher time to match the new subscription: an
+        acknowledgement sent before discovery completes is lost and the image times out.
+        Goes on after ``timeout`` regardless (the timeouts are then counted)."""
+        deadline = time.monotonic() + timeout
+        while ack.get_publisher_count() == 0 and time.monotonic() < deadline:
+            self._executor.spin_once(timeout_sec=0.05)
+        self._spin_until(time.monotonic() + settle)
 
     @staticmethod
     def _read_ahead(

@@ -73,6 +73,10 @@ deadline = time.monotonic() + 60
 while time.monotonic() < deadline and any(
         len(received[t]) < n for t, n in expected.items()):
     rclpy.spin_once(node, timeout_sec=0.1)
+# The last acknowledgement is still on its way: destroying the publisher now loses it.
+end = time.monotonic() + (1.0 if ack else 0.0)
+while time.monotonic() < end:
+    rclpy.spin_once(node, timeout_sec=0.05)
 with open(out, "w") as f:
     json.dump({"received": received, "odom_before_image": odom_before_image}, f)
 node.destroy_node()
