@@ -91,6 +91,168 @@ def trajectory_metrics(
     return result
 
 
+# Share of a standard normal's samples with |z| <= 1 and |z| <= 2.
+GAUSSIAN_WITHIN = {"within_1sigma": 0.682689, "within_2sigma": 0.954500}
+# Median of |z| for a standard normal: median(|z|) / this is a robust scale of z.
+_GAUSSIAN_MEDIAN_ABS = 0.674490
+CALIBRATION_WINDOWS = (1, 30, 300)
+SIGMA_PERCENTILES = (50, 90, 99, 99.9)
+AXES = ("x", "y", "z", "rx", "ry", "rz")
+
+
+def calibration_errors(
+    gt_camera: np.ndarray,
+    est_camera: np.ndarray,
+    log_var: np.ndarray,
+    windows: Sequence[int] = CALIBRATION_WINDOWS,
+) -> dict[str, Any]:
+    """The raw material of :func:`uncertainty_calibration`, to pool over many runs.
+
+    Returns ``normalised``: for each window k, an ``(M, 6)`` array of motion errors over
+    k frames divided by their predicted sigma (x, y, z, rx, ry, rz), one row per window
+    end i in ``k..N-1`` whose poses and variances are all finite; and ``sigma_trans_m`` /
+    ``sigma_rot_rad``: the per-frame sigmas (frames 1..N-1, finite only).
+    """
+    gt = np.asarray(gt_camera, dtype=np.float64)
+    est = np.asarray(est_camera, dtype=np.float64)
+    lv = np.asarray(log_var, dtype=np.float64)
+    if not (gt.ndim == est.ndim == lv.ndim == 2 and len(gt) == len(est) == len(lv)):
+        raise ValueError(
+            f"need (N, 7), (N, 7) and (N, 6) arrays, got {gt.shape}, {est.shape}, {lv.shape}"
+        )
+    if gt.shape[1] != 7 or est.shape[1] != 7 or lv.shape[1] != 6:
+        raise ValueError(
+            f"need (N, 7), (N, 7) and (N, 6) arrays, got {gt.shape}, {est.shape}, {lv.shape}"
+        )
+    var = np.exp(lv)
+    # A window needs finite poses at its two ends and finite variances for the motions
+    # between them (frame 0 has no motion: its variance is never used).
+    pose_ok = np.all(np.isfinite(gt), axis=1) & np.all(np.isfinite(est), axis=1)
+    var_bad = ~np.all(np.isfinite(var), axis=1)
+    var_bad[0] = False
+    var[0] = 0.0
+    var[var_bad] = 0.0
+    var_sum = np.concatenate([np.zeros((1, 6)), np.cumsum(var, axis=0)])  # sum of var[:i]
+    bad_sum = np.concatenate([[0], np.cumsum(var_bad)])  # count of var_bad[:i]
+    normalised: dict[int, np.ndarray] = {}
+    for k in windows:
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"window {k}: need k >= 1")
+        start, end = np.arange(max(len(gt) - k, 0)), np.arange(k, len(gt))
+        with np.errstate(invalid="ignore"):
+            rel_gt = geometry.relative(gt[start], gt[end])
+            rel_est = geometry.relative(est[start], est[end])
+            rot_err = geometry.quat_to_rotvec(
+                geometry.quat_multiply(rel_est[:, 3:], geometry.quat_conjugate(rel_gt[:, 3:]))
+            )
+        err = np.concatenate([rel_est[:, :3] - rel_gt[:, :3], rot_err], axis=1)
+        # The motions of frames start+1..end make up this window's relative pose.
+        sigma = np.sqrt(var_sum[end + 1] - var_sum[start + 1])
+        ok = pose_ok[start] & pose_ok[end] & (bad_sum[end + 1] - bad_sum[start + 1] == 0)
+        ok &= np.all(sigma > 0, axis=1)
+        normalised[k] = err[ok] / sigma[ok]
+    frames = ~var_bad
+    frames[0] = False
+    return {
+        "normalised": normalised,
+        "sigma_trans_m": np.sqrt(np.mean(var[frames, :3], axis=1)),
+        "sigma_rot_rad": np.sqrt(np.mean(var[frames, 3:], axis=1)),
+    }
+
+
+def calibration_summary(
+    normalised: Mapping[int, np.ndarray],
+    sigma_trans_m: np.ndarray,
+    sigma_rot_rad: np.ndarray,
+) -> dict[str, Any]:
+    """Shares inside 1 and 2 sigma and sigma percentiles from :func:`calibration_errors`'
+    output (or the concatenation of several runs' outputs); see
+    :func:`uncertainty_calibration` for the keys."""
+
+    def shares(z: np.ndarray) -> dict[str, Any]:
+        a = np.abs(z).ravel()
+        if a.size == 0:
+            return {
+                "samples": 0,
+                "within_1sigma": None,
+                "within_2sigma": None,
+                "rms": None,
+                "median_scale": None,
+            }
+        return {
+            "samples": int(a.size),
+            "within_1sigma": float(np.mean(a <= 1.0)),
+            "within_2sigma": float(np.mean(a <= 2.0)),
+            "rms": float(np.sqrt(np.mean(a**2))),
+            "median_scale": float(np.median(a) / _GAUSSIAN_MEDIAN_ABS),
+        }
+
+    def percentiles(values: np.ndarray) -> dict[str, float | None]:
+        values = np.asarray(values, dtype=np.float64)
+        return {
+            f"p{q:g}": float(np.percentile(values, q)) if values.size else None
+            for q in SIGMA_PERCENTILES
+        }
+
+    windows = {}
+    for k, z in sorted(normalised.items()):
+        z = np.asarray(z, dtype=np.float64).reshape(-1, 6)
+        windows[str(k)] = {
+            "windows": int(len(z)),
+            "translation": shares(z[:, :3]),
+            "rotation": shares(z[:, 3:]),
+            "per_axis_within_1sigma": {
+                axis: (float(np.mean(np.abs(z[:, j]) <= 1.0)) if len(z) else None)
+                for j, axis in enumerate(AXES)
+            },
+        }
+    return {
+        "gaussian": dict(GAUSSIAN_WITHIN),
+        "windows": windows,
+        "sigma_trans_m": percentiles(sigma_trans_m),
+        "sigma_rot_rad": percentiles(sigma_rot_rad),
+    }
+
+
+def uncertainty_calibration(
+    gt_camera: np.ndarray,
+    est_camera: np.ndarray,
+    log_var: np.ndarray,
+    windows: Sequence[int] = CALIBRATION_WINDOWS,
+) -> dict[str, Any]:
+    """How well a model's predicted motion variance matches its actual motion errors.
+
+    ``gt_camera`` and ``est_camera`` are ``(N, 7)`` camera poses at the same N frames (each
+    in its own start frame); ``log_var`` ``(N, 6)`` is the model's log variance of each
+    frame's motion (previous -> current camera, in the previous camera frame): x, y, z in
+    m^2, then rotation vector rx, ry, rz in rad^2. Frame 0 has no motion and is skipped.
+
+    For a window of k frames ending at frame i, the error of the relative pose
+    ``T_{i-k,i}`` is the estimate's translation minus the ground truth's (a vector in
+    camera i-k's frame) and the rotation vector of ``R_est R_gt^T`` (also in camera
+    i-k's frame); each axis is divided by its predicted sigma. For k = 1 that sigma is
+    the frame's own; for k > 1 it is the random-walk sigma ``sqrt(sum of the k
+    per-frame variances)`` per axis. **Approximation:** this sum ignores that the axes
+    of consecutive camera frames rotate against each other (and that a rotation error
+    moves later translations), so over long windows with turns it mixes axes; it is
+    exact for k = 1 and for straight motion. Windows overlap (one per end frame).
+
+    Returns ``windows``: for each k (as a string), ``translation`` and ``rotation``
+    (pooled over their 3 axes): ``within_1sigma`` and ``within_2sigma``, the share of
+    normalised errors with ``|e / sigma| <= 1`` (resp. 2), to compare with
+    ``gaussian`` (0.683 and 0.954 for well calibrated Gaussian errors; lower means
+    over-confident, higher under-confident), ``rms`` of ``e / sigma`` (1 if calibrated)
+    and ``median_scale`` = ``median(|e / sigma|) / 0.674`` (the factor by which sigma
+    would have to grow for the median to match a Gaussian's), plus
+    ``per_axis_within_1sigma``. ``sigma_trans_m`` and ``sigma_rot_rad`` hold percentiles
+    (p50, p90, p99, p99.9) of the per-frame translation sigma
+    ``sqrt(mean(exp(log_var[:3])))`` in metres and rotation sigma
+    ``sqrt(mean(exp(log_var[3:])))`` in radians.
+    """
+    return calibration_summary(**calibration_errors(gt_camera, est_camera, log_var, windows))
+
+
 def no_motion_metrics(
     stamps: np.ndarray, gt_stamps: np.ndarray, gt_poses: np.ndarray
 ) -> dict[str, Any]:
@@ -246,7 +408,8 @@ def evaluate_bag(
     images = tqdm(
         run.images(frames), total=frames, unit="frame", disable=not progress, file=sys.stderr
     )
-    poses, step_ms = runtime.run(images, odom_base if feed_odom else None, mount)
+    ran = runtime.run(images, odom_base if feed_odom else None, mount)
+    poses, step_ms = ran.poses, ran.step_ms
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_trajectory(out_dir / "est.tum", stamps, poses)

@@ -1,18 +1,27 @@
-"""sensor_msgs/Image to an RGB array, validated before any byte is read.
+"""ROS camera messages to RGB arrays, and the model's field of view, all without ROS.
 
-Three converters, tried in order: cv_bridge (the ROS standard, when it imports and passes
-a self-test: its compiled part often breaks against a newer numpy), rosbags-image, then
-plain numpy. Each reads ``msg.data`` in place, through a strided view that honours
-``msg.step`` so row padding never shears the image; the colour conversion makes the only
-full copy (none at all for packed rgb8).
+- :func:`image_msg_to_rgb`: sensor_msgs/Image, validated before any byte is read. Three
+  converters, tried in order: cv_bridge (the ROS standard, when it imports and passes a
+  self-test: its compiled part often breaks against a newer numpy), rosbags-image, then
+  plain numpy/cv2. Each reads ``msg.data`` in place, through a strided view that honours
+  ``msg.step`` so row padding never shears the image; the colour conversion makes the
+  only full copy (none at all for packed rgb8). YUV 4:2:2 frames always take the
+  numpy/cv2 path (see :data:`SUPPORTED_ENCODINGS`).
+- :func:`compressed_msg_to_rgb`: sensor_msgs/CompressedImage (JPEG or PNG, as
+  image_transport's ``compressed`` plugin publishes it), checked before it is decoded.
+- :func:`check_camera_info` lists what makes a sensor_msgs/CameraInfo unfit for the model,
+  and :class:`FieldOfViewAdapter` warps a camera's frames to the model's intrinsics, so a
+  camera with another lens still shows the model the rays it was trained on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 
 
@@ -21,9 +30,19 @@ class FrameError(ValueError):
 
 
 class _Encoding(NamedTuple):
-    channels: int
+    channels: int  # values per pixel in the payload: 2 for YUV 4:2:2 (Y and U, or Y and V)
     dtype: str
 
+
+# sensor_msgs/image_encodings: "yuv422" is UYVY byte order (U0 Y0 V0 Y1), "yuv422_yuy2"
+# is YUYV (Y0 U0 Y1 V0); newer distributions add the plain names "uyvy" and "yuyv".
+# cv2's conversions are BT.601 with video-range luma (16..235), what V4L2 cameras send.
+_YUV422_TO_RGB: dict[str, int] = {
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY,
+    "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2,
+    "yuyv": cv2.COLOR_YUV2RGB_YUY2,
+}
 
 SUPPORTED_ENCODINGS: dict[str, _Encoding] = {
     "rgb8": _Encoding(3, "u1"),
@@ -32,7 +51,15 @@ SUPPORTED_ENCODINGS: dict[str, _Encoding] = {
     "bgra8": _Encoding(4, "u1"),
     "mono8": _Encoding(1, "u1"),
     "mono16": _Encoding(1, "u2"),
+    **{name: _Encoding(2, "u1") for name in _YUV422_TO_RGB},
 }
+"""Raw encodings :func:`image_msg_to_rgb` reads.
+
+The YUV 4:2:2 ones always go to the numpy/cv2 converter, whatever ``converter`` says:
+cv_bridge knows only some of their names depending on the distribution (and shears
+padded rows, see ``_cv_bridge_to_rgb``), rosbags-image reads packed rows only. One
+``cv2.cvtColor`` over the strided view decodes all four alike on every machine.
+"""
 
 
 def validate_image_msg(msg: Any) -> _Encoding:
@@ -44,6 +71,11 @@ def validate_image_msg(msg: Any) -> _Encoding:
         )
     if msg.height <= 0 or msg.width <= 0:
         raise FrameError(f"empty image: {msg.width}x{msg.height} (width x height)")
+    if msg.encoding in _YUV422_TO_RGB and msg.width % 2:
+        # Each pair of pixels shares one U and one V sample: an odd width has no pair.
+        raise FrameError(
+            f"{msg.encoding} needs an even width (pixel pairs share chroma): {msg.width}"
+        )
     row_bytes = msg.width * encoding.channels * np.dtype(encoding.dtype).itemsize
     if msg.step < row_bytes:
         raise FrameError(
@@ -79,6 +111,10 @@ def _mono16_to_mono8(pixels: np.ndarray) -> np.ndarray:
 
 def _numpy_to_rgb(msg: Any, encoding: _Encoding) -> np.ndarray:
     pixels = _pixels(msg, encoding)
+    yuv_code = _YUV422_TO_RGB.get(msg.encoding)
+    if yuv_code is not None:
+        # cv2 takes the padded row stride as it is; the conversion is the one copy.
+        return cv2.cvtColor(pixels, yuv_code)
     if msg.encoding == "mono16":
         pixels = _mono16_to_mono8(pixels)
     if encoding.channels == 1:
@@ -172,22 +208,358 @@ def image_msg_to_rgb(msg: Any, converter: str | None = None) -> np.ndarray:
     """Convert a sensor_msgs/Image to an (H, W, 3) uint8 RGB array.
 
     ``converter`` picks one of :data:`CONVERTERS` (tests compare them); the default is
-    :data:`CONVERTER`. Raises :class:`FrameError` for an unsupported encoding or a header
-    that does not match the payload. The result may share memory with ``msg.data``.
+    :data:`CONVERTER`. YUV 4:2:2 frames always use the numpy/cv2 one (see
+    :data:`SUPPORTED_ENCODINGS`). Raises :class:`FrameError` for an unsupported encoding
+    or a header that does not match the payload. The result may share memory with
+    ``msg.data``.
     """
     convert = CONVERTERS[converter or CONVERTER]
     encoding = validate_image_msg(msg)
+    if msg.encoding in _YUV422_TO_RGB:
+        convert = _numpy_to_rgb
     try:
         return convert(msg, encoding)
     except Exception as err:  # a validated frame a converter still chokes on is bad input too
         raise FrameError(f"cannot convert {msg.encoding} image: {err}") from err
 
 
+# --- sensor_msgs/CompressedImage -----------------------------------------------------------
+
+_MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
+
+# Codecs image_transport plugins (and Foxglove's CompressedImage) name that are neither
+# JPEG nor PNG. compressedDepth, whose PNG/RVL follows a 12-byte depth header, is caught
+# by name wherever it appears in the format.
+_UNSUPPORTED_CODECS = {
+    "theora",
+    "zstd",
+    "rvl",
+    "tiff",
+    "webp",
+    "avif",
+    "h264",
+    "h265",
+    "hevc",
+    "av1",
+    "vp8",
+    "vp9",
+}
+
+
+def _declared_codec(fmt: str) -> str | None:
+    """'jpeg' or 'png' from a CompressedImage format, None when it names no codec.
+
+    image_transport's ``compressed`` plugin writes "<encoding>; <codec> compressed
+    <target encoding>" ("bgr8; jpeg compressed bgr8", "mono8; png compressed "); older
+    publishers write just "jpeg" or "png", Foxglove "jpeg"/"png"/"webp", some "image/jpeg".
+    Raises FrameError for a codec this module cannot decode.
+    """
+    text = fmt.strip().lower()
+    if "compresseddepth" in text:  # "16UC1; compressedDepth png": the PNG is not the image
+        raise FrameError(
+            f"unsupported CompressedImage format {fmt!r}: compressedDepth is a depth image "
+            "(subscribe to a colour or mono image instead)"
+        )
+    head, semicolon, tail = text.partition(";")
+    words = (tail if semicolon else head).split()
+    codec = words[0].rsplit("/", 1)[-1] if words else ""
+    codec = "jpeg" if codec == "jpg" else codec
+    if codec in _MAGIC:
+        return codec
+    if codec in _UNSUPPORTED_CODECS:
+        raise FrameError(
+            f"unsupported CompressedImage format {fmt!r}: only jpeg and png can be decoded"
+        )
+    return None  # empty or unknown: the payload's magic bytes decide
+
+
+def compressed_msg_to_rgb(
+    msg: Any, *, width: int | None = None, height: int | None = None
+) -> np.ndarray:
+    """Decode a sensor_msgs/CompressedImage (JPEG or PNG) to an (H, W, 3) uint8 RGB array.
+
+    The codec comes from ``msg.format`` and must agree with the payload's magic bytes;
+    an empty or unknown format leaves it to the magic bytes alone. Grey images become
+    three equal channels, 16-bit PNGs are scaled to 8 bits like mono16, alpha is dropped.
+    ``width``/``height``, when given, are the size the frame must have (the camera_info's,
+    say). Raises :class:`FrameError` for an empty or truncated payload, an unsupported
+    format, bytes that do not decode, or a size that differs from the declared one.
+    """
+    try:
+        payload = np.frombuffer(msg.data, dtype=np.uint8)
+    except TypeError:  # a plain list of ints
+        payload = np.asarray(msg.data, dtype=np.uint8)
+    if payload.size == 0:
+        raise FrameError(f"empty CompressedImage (format {msg.format!r})")
+    declared = _declared_codec(msg.format)
+    head = payload[:8].tobytes()
+    codec = next((name for name, magic in _MAGIC.items() if head.startswith(magic)), None)
+    if codec is None:
+        raise FrameError(
+            f"CompressedImage payload is neither JPEG nor PNG (format {msg.format!r}, "
+            f"first bytes {head.hex(' ')})"
+        )
+    if declared is not None and declared != codec:
+        raise FrameError(f"CompressedImage format {msg.format!r} but the payload is {codec}")
+    # Some libjpeg builds decode a truncated JPEG without an error (the missing rows come
+    # out grey), so its end-of-image marker is checked here; trailing zero padding is
+    # tolerated. libpng rejects truncated PNGs on its own.
+    if codec == "jpeg" and not payload[-64:].tobytes().rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise FrameError(
+            f"truncated JPEG: {payload.size} bytes without the end-of-image marker FF D9"
+        )
+    # UNCHANGED keeps 16-bit depth (scaled with rounding below, as for mono16) and
+    # ignores EXIF orientation: a rotated frame would no longer match its camera_info.
+    decoded = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise FrameError(f"cannot decode the {payload.size}-byte {codec} payload")
+    if decoded.dtype == np.uint16:
+        decoded = _mono16_to_mono8(decoded)
+    elif decoded.dtype != np.uint8:
+        raise FrameError(f"unsupported {codec} sample type {decoded.dtype}")
+    got_height, got_width = decoded.shape[:2]
+    if (width is not None and got_width != width) or (height is not None and got_height != height):
+        expected = f"{'*' if width is None else width}x{'*' if height is None else height}"
+        raise FrameError(
+            f"decoded {codec} is {got_width}x{got_height}, expected {expected} (width x height)"
+        )
+    channels = 1 if decoded.ndim == 2 else decoded.shape[2]
+    if channels <= 2:  # grey, or grey + alpha
+        gray = decoded if decoded.ndim == 2 else decoded[..., 0]
+        return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGB if channels == 4 else cv2.COLOR_BGR2RGB)
+
+
+# --- camera_info and the model's field of view ---------------------------------------------
+
+
+class PinholeCamera(NamedTuple):
+    """Image size and intrinsics of an undistorted camera, pixel centres at integers.
+
+    The convention of ROS camera_info and of the model's ``image.intrinsics``: the centre
+    of a W-pixel-wide image is at ``(W - 1) / 2``.
+    """
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    def __str__(self) -> str:
+        return (
+            f"fx={self.fx:.1f} fy={self.fy:.1f} cx={self.cx:.1f} cy={self.cy:.1f} "
+            f"{self.width}x{self.height}"
+        )
+
+
+def check_camera_info(
+    info: Any, image_width: int, image_height: int, image_frame_id: str
+) -> list[str]:
+    """What makes ``info`` (a sensor_msgs/CameraInfo or alike) unfit for these images.
+
+    Returns human-readable problems, empty when there are none. The model's geometry
+    holds only for rectified pixels whose intrinsics are known, so a size or frame that
+    differs from the image's, an uncalibrated ``k`` and non-zero distortion all count.
+    """
+    problems = []
+    if (info.width, info.height) != (image_width, image_height):
+        problems.append(
+            f"camera_info is for {info.width}x{info.height} images but the image is "
+            f"{image_width}x{image_height}: k does not describe its pixels"
+        )
+    roi = getattr(info, "roi", None)
+    roi_used = roi is not None and (
+        roi.x_offset
+        or roi.y_offset
+        or (roi.width, roi.height) not in {(0, 0), (info.width, info.height)}
+    )
+    if max(getattr(info, "binning_x", 0), getattr(info, "binning_y", 0)) > 1 or roi_used:
+        problems.append(
+            "camera_info sets binning or a region of interest: k is for the full sensor "
+            "and is used as it is, without them"
+        )
+    if info.header.frame_id != image_frame_id:
+        problems.append(
+            f"camera_info frame_id {info.header.frame_id!r} differs from the image's "
+            f"{image_frame_id!r}"
+        )
+    k = [float(v) for v in info.k]
+    if len(k) != 9:
+        problems.append(f"k has {len(k)} values, expected 9 (3x3 row-major)")
+    elif not any(k):
+        problems.append("k is all zero: the camera is not calibrated")
+    elif not all(math.isfinite(v) and v > 0 for v in (k[0], k[4])):
+        problems.append(f"k has no usable focal length: fx={k[0]:g} fy={k[4]:g} (must be > 0)")
+    d = [float(v) for v in info.d]
+    if any(d):
+        coefficients = ", ".join(f"{v:g}" for v in d)
+        problems.append(
+            f"non-zero {info.distortion_model or 'distortion'} coefficients d=[{coefficients}]: "
+            "the model assumes rectified images; feed it image_rect (image_proc), whose "
+            "pixels follow p rather than k"
+        )
+    return problems
+
+
+def _pinhole(values: Sequence[float], role: str) -> PinholeCamera:
+    try:
+        width, height, fx, fy, cx, cy = values
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{role}: expected width, height, fx, fy, cx, cy, got {values!r}"
+        ) from None
+    camera = PinholeCamera(int(width), int(height), float(fx), float(fy), float(cx), float(cy))
+    if camera.width <= 0 or camera.height <= 0:
+        raise ValueError(f"{role}: empty image size {camera.width}x{camera.height}")
+    if not all(math.isfinite(v) for v in camera[2:]) or camera.fx <= 0 or camera.fy <= 0:
+        raise ValueError(f"{role}: intrinsics must be finite with fx, fy > 0: {camera}")
+    return camera
+
+
+def _covered(scale: float, offset: float, source_size: int, target_size: int) -> range:
+    """Target pixels along one axis whose centre maps inside the source's pixel area."""
+    first = math.ceil((-0.5 - offset) / scale - 1e-9)
+    last = math.floor((source_size - 0.5 - offset) / scale + 1e-9)
+    return range(max(first, 0), max(min(last, target_size - 1) + 1, 0))
+
+
+_IDENTITY_TOLERANCE_PX = 0.25
+"""How far (target pixels, anywhere in the image) a mapping may stray from a plain resize
+and still count as one: below what a model at its input size can resolve."""
+
+
+class FieldOfViewAdapter:
+    """Warp a camera's frames so each pixel shows the ray the model's camera would see.
+
+    The model learnt its geometry from images with its own intrinsics; a camera with
+    another field of view, resized to the model's input, would show it every angle
+    scaled. Target pixel (u, v) samples the source at ``u_s = fx_s / fx_t * (u - cx_t)
+    + cx_s`` (likewise v), one ``cv2.warpAffine``. Bilinear sampling aliases when it
+    skips source pixels, and warpAffine has no area interpolation, so a source more than
+    2x denser than the target is first area-resized to about 2x. Target pixels the camera
+    does not see are black.
+
+    ``source`` and ``target`` are ``(width, height, fx, fy, cx, cy)``, the target being
+    the model's input size and intrinsics. Raises ValueError for unusable values.
+    """
+
+    def __init__(self, source: Sequence[float], target: Sequence[float]) -> None:
+        self.source = _pinhole(source, "source camera")
+        self.target = _pinhole(target, "model camera")
+        src, dst = self.source, self.target
+        scale = (src.fx / dst.fx, src.fy / dst.fy)  # source pixels per target pixel
+        offset = (src.cx - scale[0] * dst.cx, src.cy - scale[1] * dst.cy)
+        self._cols = _covered(scale[0], offset[0], src.width, dst.width)
+        self._rows = _covered(scale[1], offset[1], src.height, dst.height)
+        self.coverage: float = len(self._cols) * len(self._rows) / (dst.width * dst.height)
+        """Fraction of target pixels whose ray the camera sees (1.0: none is black)."""
+
+        def resize_error(axis: int, src_size: int, dst_size: int) -> float:
+            # A whole-image resize maps u to (u + 0.5) * ratio - 0.5; the difference is
+            # linear in u, so it is largest at an image edge.
+            ratio = src_size / dst_size
+            slope, intercept = scale[axis] - ratio, offset[axis] - (0.5 * ratio - 0.5)
+            return max(abs(slope * u + intercept) for u in (-0.5, dst_size - 0.5)) / ratio
+
+        self.is_identity_scale: bool = (
+            max(resize_error(0, src.width, dst.width), resize_error(1, src.height, dst.height))
+            <= _IDENTITY_TOLERANCE_PX
+        )
+        """True when the mapping is a plain resize of the whole image (same field of
+        view): callers may skip :meth:`apply` for ``cv2.resize(..., INTER_AREA)``."""
+
+        # Area-resize to ~2 source pixels per target pixel along each axis that is denser.
+        size = [src.width, src.height]
+        for axis in (0, 1):
+            if scale[axis] > 2:
+                size[axis] = max(1, round(size[axis] * 2 / scale[axis]))
+        self._prescale = None if size == [src.width, src.height] else (size[0], size[1])
+        # Pixel-centre aligned resize: u' = (u + 0.5) * s - 0.5.
+        shrink = (size[0] / src.width, size[1] / src.height)
+        self._matrix = np.array(
+            [
+                [scale[0] * shrink[0], 0.0, (offset[0] + 0.5) * shrink[0] - 0.5],
+                [0.0, scale[1] * shrink[1], (offset[1] + 0.5) * shrink[1] - 0.5],
+            ]
+        )
+
+    @classmethod
+    def from_camera_info(
+        cls,
+        info: Any,
+        model_width: int,
+        model_height: int,
+        model_intrinsics: Sequence[float],
+        *,
+        rectified: bool = False,
+    ) -> FieldOfViewAdapter:
+        """An adapter from a CameraInfo's camera to the model's (``image.intrinsics``
+        [fx, fy, cx, cy] at ``image.width`` x ``image.height`` in model.json).
+
+        ``k`` gives the camera's intrinsics; with ``rectified`` (frames from image_rect),
+        ``p`` does, since image_proc rectifies to the projection matrix.
+        """
+        m = [float(v) for v in (info.p if rectified else info.k)]
+        fx, fy, cx, cy = (m[0], m[5], m[2], m[6]) if rectified else (m[0], m[4], m[2], m[5])
+        return cls(
+            (info.width, info.height, fx, fy, cx, cy),
+            (model_width, model_height, *model_intrinsics),
+        )
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """The (target height, target width, C) view of a (source height, width, C) frame.
+
+        Raises :class:`FrameError` for a frame of another size than the source camera's.
+        """
+        src, dst = self.source, self.target
+        if rgb.shape[:2] != (src.height, src.width):
+            raise FrameError(
+                f"frame is {rgb.shape[1]}x{rgb.shape[0]}, the camera's intrinsics are for "
+                f"{src.width}x{src.height}"
+            )
+        if self._prescale is not None:
+            rgb = cv2.resize(rgb, self._prescale, interpolation=cv2.INTER_AREA)
+        # Replicating the border fills the half pixel between the outer pixel centres and
+        # the image edge (as cv2.resize does); what lies beyond is blacked out below.
+        out = cv2.warpAffine(
+            rgb,
+            self._matrix,
+            (dst.width, dst.height),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        if self.coverage < 1:
+            out[: self._rows.start] = 0
+            out[self._rows.stop :] = 0
+            out[:, : self._cols.start] = 0
+            out[:, self._cols.stop :] = 0
+        return out
+
+    def describe(self) -> str:
+        """One line for the log: both cameras and what the adapter does to the frames."""
+        if self.is_identity_scale:
+            verdict = "same field of view, a plain resize (coverage 100%)"
+        elif self.coverage >= 1:
+            verdict = "cropping to the model's field of view (coverage 100%)"
+        else:
+            percent = math.floor(self.coverage * 100)
+            verdict = (
+                f"the camera sees less than the model (coverage {percent}%); borders are black"
+            )
+        return f"camera {self.source} -> model {self.target}: {verdict}"
+
+
 __all__ = [
     "CONVERTER",
     "CONVERTERS",
     "SUPPORTED_ENCODINGS",
+    "FieldOfViewAdapter",
     "FrameError",
+    "PinholeCamera",
+    "check_camera_info",
+    "compressed_msg_to_rgb",
     "image_msg_to_rgb",
     "validate_image_msg",
 ]

@@ -1,27 +1,52 @@
-"""ROS 2 node: camera frames (and wheel odometry) in, camera poses from the student out.
+"""ROS 2 node: camera frames (and wheel odometry) in, the robot's pose (REP 105) out.
 
-All the learning lives in :class:`~latent_memory_ros.runtime.StudentRuntime`; this module
-only adapts messages to it and back. Topics, relative to the node (``~``):
+All the learning lives in :class:`~latent_memory_ros.runtime.StudentRuntime` and all the
+per-frame bookkeeping (frames, covariance, tracking state, time) in
+:class:`~latent_memory_ros.localizer.Localizer`; this module adapts messages to them and
+back. Interfaces, relative to the node (``~``):
 
-- ``~/pose`` (geometry_msgs/PoseStamped), ``~/odometry`` (nav_msgs/Odometry),
-  ``~/path`` (nav_msgs/Path): the camera optical frame in ``output_frame`` (the camera
-  frame at start-up or the last reset), stamped with the input image's stamp;
-- ``~/reset`` (std_srvs/Trigger): forget the memory, restart the pose and the path;
-- ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) at 1 Hz.
+- ``~/pose`` (geometry_msgs/PoseStamped), ``~/odometry`` (nav_msgs/Odometry, twist in
+  the base frame, covariances from the predicted uncertainty), ``~/path``
+  (nav_msgs/Path): ``base_frame`` in ``odom_frame``, stamped with the input image's stamp;
+  the odom → base transform on TF when ``publish_tf`` (and tf2_ros imports);
+- ``~/status`` (diagnostic_msgs/DiagnosticStatus, every frame: the tracking state),
+  ``~/markers`` (visualization_msgs/MarkerArray: the tracking state in RViz),
+  ``/diagnostics`` at 1 Hz;
+- ``~/reset``, ``~/save_memory``, ``~/load_memory`` (std_srvs/Trigger), ``~/enable``
+  (std_srvs/SetBool), ``~/set_pose`` (geometry_msgs/PoseWithCovarianceStamped topic).
+
+Threads: image and odometry callbacks only queue; inference runs in its own callback
+group, services that touch the memory in a third, and parameters and ``~/enable`` in the
+default one, on a multi-threaded executor, so the node answers while a frame is being
+processed. It always runs the most recent frame: frames that arrive while it is busy
+replace each other (counted as dropped), so latency does not grow when inference is
+slower than the camera.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion, Twist, Vector3
+from geometry_msgs.msg import (
+    Point,
+    Pose,
+    PoseStamped,
+    PoseWithCovarianceStamped,
+    Quaternion,
+    Transform,
+    TransformStamped,
+    Twist,
+    Vector3,
+)
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import (
@@ -30,40 +55,67 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
-from sensor_msgs.msg import Image
-from std_msgs.msg import Header
-from std_srvs.srv import Trigger
-
-from latent_memory_ros import geometry
-from latent_memory_ros.images import FrameError, image_msg_to_rgb
-from latent_memory_ros.model_format import default_model_dir
-from latent_memory_ros.runtime import (
-    DEFAULT_PROVIDERS,
-    CameraMotionFromOdometry,
-    ModelError,
-    StudentRuntime,
+from rclpy.qos import (
+    QoSDurabilityPolicy,
+    QoSHistoryPolicy,
+    QoSProfile,
+    QoSReliabilityPolicy,
+    qos_profile_sensor_data,
 )
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import ColorRGBA, Header
+from std_srvs.srv import SetBool, Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from latent_memory_ros import geometry, images
+from latent_memory_ros.localizer import (
+    Estimate,
+    Localizer,
+    LocalizerConfig,
+    SnapshotError,
+    StampError,
+    TrackingState,
+)
+from latent_memory_ros.model_format import default_model_dir
+from latent_memory_ros.runtime import DEFAULT_PROVIDERS, ModelError, StudentRuntime
+
+try:  # a robot has tf2_ros; the PyPI wheels do not
+    import tf2_ros
+except ImportError:
+    tf2_ros = None
 
 NODE_NAME = "latent_memory_node"
+LIFECYCLE_NODE_NAME = "latent_memory_lifecycle_node"
 PACKAGE = "latent_memory_ros"
-DEFAULT_CAMERA_FRAME = "camera_optical_frame"
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable", "best_effort")
+IMAGE_TRANSPORT_CHOICES = ("raw", "compressed")
 DIAGNOSTICS_PERIOD_S = 1.0
-# Two seconds of 100 Hz odometry: more than any camera latency, so the match is there.
-ODOM_BUFFER_LENGTH = 200
 STEP_TIME_WINDOW = 1000
+HOLD_POLL_S = 0.01
+LEVELS = {
+    TrackingState.OK: DiagnosticStatus.OK,
+    TrackingState.UNCERTAIN: DiagnosticStatus.WARN,
+    TrackingState.LOST: DiagnosticStatus.ERROR,
+}
+COLOURS = {
+    TrackingState.OK: ColorRGBA(r=0.2, g=0.9, b=0.2, a=1.0),
+    TrackingState.UNCERTAIN: ColorRGBA(r=1.0, g=0.7, b=0.0, a=1.0),
+    TrackingState.LOST: ColorRGBA(r=1.0, g=0.1, b=0.1, a=1.0),
+}
 
 
 @dataclass(frozen=True)
 class ParameterSpec:
-    """One node parameter: the single source for its declaration and the shipped YAML."""
+    """One node parameter: the single source for its declaration, the shipped YAML and
+    the launch arguments."""
 
     name: str
     default: Any
@@ -92,7 +144,12 @@ class ParameterSpec:
         return descriptor
 
 
+def _float(name: str, default: float, description: str, upper: float, **kw: Any) -> ParameterSpec:
+    return ParameterSpec(name, default, description, float_range=(0.0, upper), **kw)
+
+
 PARAMETERS: tuple[ParameterSpec, ...] = (
+    # The model and where it runs.
     ParameterSpec(
         "model_dir",
         "",
@@ -103,21 +160,43 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "providers",
         list(DEFAULT_PROVIDERS),
         "onnxruntime execution providers in order of preference; unavailable ones are "
-        "skipped and CPU is the last resort (reported on /diagnostics).",
+        "skipped and CPU is the last resort (a GPU request that falls back is warned about "
+        "and reported on /diagnostics).",
     ),
-    ParameterSpec("image_topic", "/camera/image_raw", "sensor_msgs/Image input topic."),
+    ParameterSpec(
+        "intra_op_threads",
+        0,
+        "CPU threads of one inference (0: onnxruntime's default, one per core).",
+        int_range=(0, 256),
+    ),
+    # Inputs.
+    ParameterSpec("image_topic", "/camera/image_raw", "Camera image topic (sensor_msgs/Image)."),
+    ParameterSpec(
+        "image_transport",
+        "raw",
+        "raw: sensor_msgs/Image on image_topic; compressed: sensor_msgs/CompressedImage "
+        "(jpeg, png) on image_topic/compressed, as image_transport names it.",
+        choices=IMAGE_TRANSPORT_CHOICES,
+    ),
     ParameterSpec(
         "image_qos",
         "sensor_data",
         "QoS of the image subscription. sensor_data / best_effort suit a live camera; "
-        "reliable with a deeper image_qos_depth processes every frame of a bag replay.",
+        "reliable matches reliable-only publishers (e.g. ros2 bag play defaults).",
         choices=IMAGE_QOS_CHOICES,
     ),
     ParameterSpec(
-        "image_qos_depth",
-        1,
-        "Queue depth of the image subscription; 1 always takes the most recent frame.",
-        int_range=(1, 1000),
+        "image_qos_depth", 1, "Queue depth of the image subscription.", int_range=(1, 1000)
+    ),
+    ParameterSpec(
+        "camera_info_topic",
+        "",
+        "sensor_msgs/CameraInfo topic; empty: camera_info beside image_topic. Its size and "
+        "frame_id are checked against the images, and images are rescaled / cropped to "
+        "the model's field of view when the intrinsics differ (one warning).",
+    ),
+    ParameterSpec(
+        "use_camera_info", True, "Check and adapt images with camera_info when it is published."
     ),
     ParameterSpec("odom_topic", "/odom", "nav_msgs/Odometry input topic (wheel/IMU odometry)."),
     ParameterSpec(
@@ -129,24 +208,85 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "odom_qos_depth", 50, "Queue depth of the odometry subscription.", int_range=(1, 10000)
     ),
-    ParameterSpec(
+    _float(
         "odom_tolerance_s",
         0.1,
-        "Largest gap between an image stamp and the nearest odometry stamp for that "
-        "odometry to be used; otherwise the frame gets no odometry.",
-        float_range=(0.0, 10.0),
+        "How long a frame waits for odometry stamped at or after it, and the largest gap "
+        "to the nearest odometry sample for it to be used.",
+        10.0,
+    ),
+    # Frames (REP 105).
+    ParameterSpec("odom_frame", "odom", "frame_id of the outputs (REP 105 odom frame)."),
+    ParameterSpec("base_frame", "base_link", "child_frame_id of the outputs: the robot base."),
+    ParameterSpec(
+        "camera_frame",
+        "",
+        "Camera optical frame for the base -> camera lookup on TF; empty: the image's "
+        "header.frame_id.",
     ),
     ParameterSpec(
         "base_to_camera",
         [0.0, 0.0, 0.5, -0.5, 0.5, -0.5, 0.5],
-        "Camera optical frame in the odometry child (base) frame: x, y, z, qx, qy, qz, qw. "
-        "The default is a camera 0.5 m above the base looking forward.",
+        "Camera optical frame in base_frame (x, y, z, qx, qy, qz, qw), used when TF does "
+        "not have it (or tf2_ros is not installed). The default is a camera 0.5 m above "
+        "the base looking forward.",
     ),
     ParameterSpec(
-        "output_frame",
-        "latent_memory_start",
-        "frame_id of the outputs: the camera optical frame at start-up or the last reset.",
+        "publish_tf",
+        True,
+        "Broadcast odom_frame -> base_frame on TF. Switch off when an EKF (e.g. "
+        "robot_localization) owns that transform and fuses ~/odometry instead.",
     ),
+    # Tracking and time.
+    _float(
+        "uncertain_sigma_m",
+        0.01,
+        "Predicted per-frame translation sigma (m) from which tracking is UNCERTAIN.",
+        100.0,
+        read_only=False,
+    ),
+    _float(
+        "lost_sigma_m",
+        0.05,
+        "Predicted per-frame translation sigma (m) from which tracking is LOST: outputs "
+        "then carry a covariance of 9999 (rtabmap's convention).",
+        100.0,
+        read_only=False,
+    ),
+    _float(
+        "lost_reset_s",
+        2.0,
+        "Restart the memory after this long LOST (stamp time; 0: never).",
+        3600.0,
+        read_only=False,
+    ),
+    _float(
+        "max_gap_s",
+        1.0,
+        "Restart the memory (the pose continues) when frames are further apart (0: never). "
+        "A stamp going backwards (a bag loop) always resets everything.",
+        3600.0,
+        read_only=False,
+    ),
+    _float(
+        "jitter_warn_s",
+        0.02,
+        "Warn when a frame interval differs from the typical one by more (0: never).",
+        10.0,
+        read_only=False,
+    ),
+    # Memory snapshots.
+    ParameterSpec(
+        "snapshot_path",
+        "~/.ros/latent_memory/memory.npz",
+        "File ~/save_memory writes and ~/load_memory reads (atomic writes; a snapshot from "
+        "another model is refused).",
+        read_only=False,
+    ),
+    ParameterSpec(
+        "memory_snapshot", "", "Snapshot to load at start-up (empty: start with no memory)."
+    ),
+    # Output.
     ParameterSpec("publish_path", True, "Publish ~/path.", read_only=False),
     ParameterSpec(
         "path_max_length",
@@ -155,12 +295,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         read_only=False,
         int_range=(1, 1_000_000),
     ),
-    ParameterSpec(
+    _float(
         "warn_throttle_s",
         5.0,
         "Least time between two warnings about the same problem (e.g. bad frames).",
+        3600.0,
         read_only=False,
-        float_range=(0.0, 3600.0),
     ),
 )
 
@@ -184,6 +324,12 @@ def image_qos_profile(name: str, depth: int) -> QoSProfile:
     )
 
 
+def camera_info_topic(image_topic: str) -> str:
+    """image_transport's convention: camera_info beside the image topic."""
+    namespace, slash, _ = image_topic.rpartition("/")
+    return f"{namespace}{slash}camera_info"
+
+
 def stamp_ns(stamp: Any) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
 
@@ -198,102 +344,240 @@ def pose_from_msg(pose: Pose) -> np.ndarray:
     return np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
 
 
-def covariance_from_log_var(log_var: np.ndarray) -> np.ndarray:
-    """6x6 row-major diagonal covariance (x, y, z, rot x, y, z) as ROS messages want it."""
-    covariance = np.zeros(36)
-    covariance[::7] = np.exp(np.asarray(log_var, dtype=np.float64))
-    return covariance
+def twist_to_msg(twist: np.ndarray) -> Twist:
+    v = [float(x) for x in twist]
+    return Twist(linear=Vector3(x=v[0], y=v[1], z=v[2]), angular=Vector3(x=v[3], y=v[4], z=v[5]))
 
 
-def twist_between(previous: np.ndarray, current: np.ndarray, dt: float) -> Twist:
-    """Finite-difference velocity, expressed in the (previous) child frame."""
-    motion = geometry.relative(previous, current)
-    linear = motion[:3] / dt
-    angular = geometry.quat_to_rotvec(motion[3:]) / dt
-    return Twist(
-        linear=Vector3(x=float(linear[0]), y=float(linear[1]), z=float(linear[2])),
-        angular=Vector3(x=float(angular[0]), y=float(angular[1]), z=float(angular[2])),
-    )
+@dataclass
+class _Frame:
+    msg: Any
+    stamp_ns: int
+    arrived: float  # time.monotonic()
+    held: bool = False  # seen by the worker and kept waiting for its odometry
 
 
-class LatentMemoryNode(Node):
-    """Runs every camera frame through the student and publishes where the camera is."""
+@dataclass
+class _Counters:
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    paused: int = 0
+    resets: int = 0
+    jitter: int = 0
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **kwargs)
-        self.declare_parameters(
-            "", [(spec.name, spec.default, spec.descriptor()) for spec in PARAMETERS]
-        )
-        param = self._param
+
+def declare_parameters(node: Node) -> None:
+    node.declare_parameters("", [(p.name, p.default, p.descriptor()) for p in PARAMETERS])
+
+
+class LocalisationCore:
+    """Everything the node does, on a given rclpy node (plain or lifecycle):
+    :meth:`configure` loads the model and creates outputs, :meth:`activate` subscribes,
+    :meth:`deactivate` unsubscribes, :meth:`cleanup` releases it all."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.localizer: Localizer | None = None
+        self._subscriptions: list[Any] = []
+        self._entities: list[tuple[str, Any]] = []  # ("publisher" | "service" | ..., obj)
+        self._lock = threading.Lock()  # the localizer and the path
+        self._frames_lock = threading.Lock()  # the pending frames and the counters
+        self._pending: deque[_Frame] = deque()
+        self.counters = _Counters()
+        self._step_ms: deque[float] = deque(maxlen=STEP_TIME_WINDOW)
+        self._enabled = True
+        self._warned: set[str] = set()
+        self._warned_at: dict[str, float] = {}
+
+    def _param(self, name: str) -> Any:
+        return self.node.get_parameter(name).value
+
+    def _log(self):
+        return self.node.get_logger()
+
+    def _warn(self, kind: str, text: str) -> None:
+        """A warning throttled per kind of problem (rclpy throttles per call site, which
+        would let one kind silence the others)."""
+        now = time.monotonic()
+        if now - self._warned_at.get(kind, -np.inf) >= self._warn_throttle_s:
+            self._warned_at[kind] = now
+            self._log().warning(text)
+
+    def _warn_once(self, key: str, text: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self._log().warning(text)
+
+    # Lifecycle ------------------------------------------------------------------------
+
+    def configure(self) -> None:
+        """Load the model and create outputs, services and timers; StartupError names
+        what is wrong."""
+        node, param = self.node, self._param
         # Configuration mistakes are reported before the (slow) model load.
-        image_qos = image_qos_profile(param("image_qos"), param("image_qos_depth"))
+        self._image_qos = image_qos_profile(param("image_qos"), param("image_qos_depth"))
+        if param("image_transport") not in IMAGE_TRANSPORT_CHOICES:
+            raise StartupError(
+                f"parameter image_transport is '{param('image_transport')}', expected one of "
+                f"{', '.join(IMAGE_TRANSPORT_CHOICES)}"
+            )
         base_to_camera = self._base_to_camera(param("base_to_camera"))
 
         model_dir = param("model_dir") or str(default_model_dir())
         try:
-            self._runtime = StudentRuntime(model_dir, providers=param("providers"))
+            runtime = StudentRuntime(
+                model_dir, providers=param("providers"), intra_op_threads=param("intra_op_threads")
+            )
         except ModelError as err:
             raise StartupError(f"cannot load the model: {err}") from err
-        spec = self._runtime.spec
-        self.get_logger().info(
+        spec = runtime.spec
+        self._log().info(
             f"model '{spec.name}' (cell {spec.cell}, {spec.image_width}x{spec.image_height}) "
-            f"from {spec.directory}; providers: {', '.join(self._runtime.active_providers)}"
+            f"from {spec.directory}; providers: {', '.join(runtime.active_providers)}"
         )
-        if self._runtime.fallback_warning:
-            self.get_logger().warning(self._runtime.fallback_warning)
-
-        self._output_frame: str = param("output_frame")
-        self._publish_path: bool = param("publish_path")
-        self._warn_throttle_s: float = param("warn_throttle_s")
-        self._path: deque[PoseStamped] = deque(maxlen=param("path_max_length"))
-        self._odom_tolerance_s: float = param("odom_tolerance_s")
-        # (header, rgb, stamp ns, arrival monotonic s) of a frame waiting for odometry.
-        self._held: tuple[Header, np.ndarray, int, float] | None = None
-
-        self._frames_received = 0
-        self._frames_processed = 0
-        self._frames_rejected = 0
-        self._step_ms: deque[float] = deque(maxlen=STEP_TIME_WINDOW)
-        self._last_pose: np.ndarray | None = None
-        self._last_stamp_ns: int | None = None
-
-        self._pose_pub = self.create_publisher(PoseStamped, "~/pose", 10)
-        self._odometry_pub = self.create_publisher(Odometry, "~/odometry", 10)
-        self._path_pub = self.create_publisher(PathMsg, "~/path", 10)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_service(Trigger, "~/reset", self._on_reset)
-
-        image_topic = param("image_topic")
-        self.create_subscription(Image, image_topic, self._on_image, image_qos)
-
-        self._odom_buffer: deque[tuple[int, np.ndarray]] = deque(maxlen=ODOM_BUFFER_LENGTH)
-        self._camera_motion: CameraMotionFromOdometry | None = None
-        if spec.uses_odom and param("use_odom"):
-            self._camera_motion = CameraMotionFromOdometry(base_to_camera)
-            self.create_subscription(
-                Odometry, param("odom_topic"), self._on_odom, param("odom_qos_depth")
+        if runtime.fallback_warning:
+            self._log().warning(runtime.fallback_warning)
+        self.localizer = Localizer(runtime, LocalizerConfig(base_to_camera=base_to_camera))
+        self._apply_parameters([node.get_parameter(p.name) for p in PARAMETERS])
+        if param("memory_snapshot"):
+            try:
+                meta = self.localizer.load_snapshot(param("memory_snapshot"))
+            except SnapshotError as err:
+                raise StartupError(f"parameter memory_snapshot: {err}") from err
+            self._log().info(
+                f"memory loaded from {param('memory_snapshot')} ({meta['frames']} frames)"
             )
-            odom_note = f"odometry from {self.resolve_topic_name(param('odom_topic'))}"
-            self.create_timer(0.01, self._flush_held, clock=Clock(clock_type=ClockType.STEADY_TIME))
-        elif spec.uses_odom:
-            odom_note = "odometry off (use_odom is false)"
-        else:
-            odom_note = "odometry unused (the model does not take it)"
-        self.get_logger().info(
-            f"listening to {self.resolve_topic_name(image_topic)} ({param('image_qos')}); "
-            f"{odom_note}"
-        )
 
+        self._odom_frame: str = param("odom_frame")
+        self._base_frame: str = param("base_frame")
+        self._camera_frame: str = param("camera_frame")
+        self._use_odom = spec.uses_odom and param("use_odom")
+        self._use_camera_info: bool = param("use_camera_info")
+        self._camera_info: CameraInfo | None = None
+        self._adapter: images.FieldOfViewAdapter | None = None
+        self._adapter_key: tuple | None = None
+        self._last_estimate: Estimate | None = None
+        self._memory_norm = float("nan")
+
+        self._inference_group = MutuallyExclusiveCallbackGroup()
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._control_group = MutuallyExclusiveCallbackGroup()
+        pub = self._publisher
+        self._pose_pub = pub(PoseStamped, "~/pose", 10)
+        self._odometry_pub = pub(Odometry, "~/odometry", 10)
+        self._path_pub = pub(PathMsg, "~/path", 10)
+        self._status_pub = pub(DiagnosticStatus, "~/status", 10)
+        self._markers_pub = pub(MarkerArray, "~/markers", 10)
+        self._diagnostics_pub = pub(DiagnosticArray, "/diagnostics", 10)
+        control = self._control_group
+        self._service(Trigger, "~/reset", self._on_reset, control)
+        self._service(Trigger, "~/save_memory", self._on_save_memory, control)
+        self._service(Trigger, "~/load_memory", self._on_load_memory, control)
+        # Default group: answers even while the control group waits for a slow step.
+        self._service(SetBool, "~/enable", self._on_enable, None)
+        self._entities.append(
+            (
+                "subscription",
+                node.create_subscription(
+                    PoseWithCovarianceStamped,
+                    "~/set_pose",
+                    self._on_set_pose,
+                    10,
+                    callback_group=control,
+                ),
+            )
+        )
+        self._wake = node.create_guard_condition(self._work, self._inference_group)
+        self._entities.append(("guard_condition", self._wake))
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        # Releases a frame whose odometry is late once odom_tolerance_s has passed.
+        self._timer(HOLD_POLL_S, self._work, self._inference_group, steady)
         # A steady clock keeps diagnostics flowing while simulated time is paused.
-        self.create_timer(
-            DIAGNOSTICS_PERIOD_S,
-            self._publish_diagnostics,
-            clock=Clock(clock_type=ClockType.STEADY_TIME),
-        )
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, None, steady)
 
-    def _param(self, name: str) -> Any:
-        return self.get_parameter(name).value
+        self._tf_broadcaster = None
+        self._tf_buffer = None
+        self._extrinsic_from_tf = False
+        if tf2_ros is None:
+            self._log().warning(
+                "tf2_ros is not importable: publishing the topics without TF (no odom -> "
+                "base transform; base -> camera from the base_to_camera parameter)"
+            )
+        else:
+            if param("publish_tf"):
+                self._tf_broadcaster = tf2_ros.TransformBroadcaster(node)
+            self._tf_buffer = tf2_ros.Buffer()
+            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, node)
+
+    def activate(self) -> None:
+        node, param = self.node, self._param
+        image_topic = param("image_topic")
+        group = self._input_group
+        if param("image_transport") == "compressed":
+            image_topic = f"{image_topic}/compressed"
+            kind = CompressedImage
+        else:
+            kind = Image
+        subs = [
+            node.create_subscription(
+                kind, image_topic, self._on_image, self._image_qos, callback_group=group
+            )
+        ]
+        notes = [f"images from {node.resolve_topic_name(image_topic)} ({param('image_qos')})"]
+        if self._use_odom:
+            subs.append(
+                node.create_subscription(
+                    Odometry,
+                    param("odom_topic"),
+                    self._on_odom,
+                    param("odom_qos_depth"),
+                    callback_group=group,
+                )
+            )
+            notes.append(f"odometry from {node.resolve_topic_name(param('odom_topic'))}")
+        if self._use_camera_info:
+            info_topic = param("camera_info_topic") or camera_info_topic(param("image_topic"))
+            subs.append(
+                node.create_subscription(
+                    CameraInfo,
+                    info_topic,
+                    self._on_camera_info,
+                    qos_profile_sensor_data,
+                    callback_group=group,
+                )
+            )
+            notes.append(f"camera_info from {node.resolve_topic_name(info_topic)}")
+        self._subscriptions = subs
+        self._log().info("listening: " + "; ".join(notes))
+
+    def deactivate(self) -> None:
+        for sub in self._subscriptions:
+            self.node.destroy_subscription(sub)
+        self._subscriptions = []
+        with self._frames_lock:
+            self._pending.clear()
+
+    def cleanup(self) -> None:
+        self.deactivate()
+        for kind, entity in reversed(self._entities):
+            getattr(self.node, f"destroy_{kind}")(entity)
+        self._entities = []
+        self.localizer = None  # releases the onnxruntime session
+
+    def _publisher(self, kind: type, topic: str, depth: int) -> Any:
+        publisher = self.node.create_publisher(kind, topic, depth)
+        self._entities.append(("publisher", publisher))
+        return publisher
+
+    def _service(self, kind: type, name: str, callback: Any, group: Any) -> None:
+        service = self.node.create_service(kind, name, callback, callback_group=group)
+        self._entities.append(("service", service))
+
+    def _timer(self, period: float, callback: Any, group: Any, clock: Clock) -> None:
+        timer = self.node.create_timer(period, callback, callback_group=group, clock=clock)
+        self._entities.append(("timer", timer))
 
     @staticmethod
     def _base_to_camera(values: list[float]) -> np.ndarray:
@@ -306,186 +590,421 @@ class LatentMemoryNode(Node):
         pose[3:] = geometry.quat_normalize(pose[3:])
         return pose
 
-    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
-        for parameter in parameters:
-            if parameter.name == "publish_path":
-                self._publish_path = parameter.value
-            elif parameter.name == "path_max_length":
-                self._path = deque(self._path, maxlen=parameter.value)
-            elif parameter.name == "warn_throttle_s":
-                self._warn_throttle_s = parameter.value
+    # Parameters -----------------------------------------------------------------------
+
+    def on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        if self.localizer is not None:
+            self._apply_parameters(parameters)
         return SetParametersResult(successful=True)
 
+    def _apply_parameters(self, parameters: list[Parameter]) -> None:
+        config = self.localizer.config
+        for p in parameters:
+            if p.name in (
+                "uncertain_sigma_m",
+                "lost_sigma_m",
+                "lost_reset_s",
+                "max_gap_s",
+                "jitter_warn_s",
+                "odom_tolerance_s",
+            ):
+                setattr(config, p.name, p.value)
+            elif p.name == "publish_path":
+                self._publish_path = p.value
+            elif p.name == "path_max_length":
+                self._path = deque(getattr(self, "_path", ()), maxlen=p.value)
+            elif p.name == "warn_throttle_s":
+                self._warn_throttle_s = p.value
+            elif p.name == "snapshot_path":
+                self._snapshot_path = p.value
+
+    # Inputs (input group: only queue) --------------------------------------------------
+
+    def _on_image(self, msg: Any) -> None:
+        with self._frames_lock:
+            self.counters.received += 1
+            if not self._enabled:
+                self.counters.paused += 1
+                return
+        if isinstance(msg, Image):
+            try:  # header against payload; no pixel is read here
+                images.validate_image_msg(msg)
+            except images.FrameError as err:
+                self._reject(msg, err)
+                return
+        frame = _Frame(msg, stamp_ns(msg.header.stamp), time.monotonic())
+        with self._frames_lock:
+            self._pending.append(frame)
+        self._wake.trigger()
+
     def _on_odom(self, msg: Odometry) -> None:
-        stamp = stamp_ns(msg.header.stamp)
-        self._odom_buffer.append((stamp, pose_from_msg(msg.pose.pose)))
-        if self._held is not None and stamp >= self._held[2]:
-            self._step_held()
+        self.localizer.add_odometry(stamp_ns(msg.header.stamp), pose_from_msg(msg.pose.pose))
+        if self._pending:
+            self._wake.trigger()
 
-    def _odom_covers(self, image_ns: int) -> bool:
-        return bool(self._odom_buffer) and self._odom_buffer[-1][0] >= image_ns
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
 
-    def _step_held(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            self._step(*held[:3])
+    def _reject(self, msg: Any, err: Exception) -> None:
+        with self._frames_lock:
+            self.counters.rejected += 1
+        stamp = msg.header.stamp
+        self._warn("frame", f"skipping frame stamped {stamp.sec}.{stamp.nanosec:09d}: {err}")
 
-    def _flush_held(self) -> None:
-        """Step a held frame whose odometry has not come within the tolerance (wall time)."""
-        if self._held is not None and time.monotonic() - self._held[3] > self._odom_tolerance_s:
-            self._step_held()
+    # Inference (its own group) ---------------------------------------------------------
 
-    def _odom_motion(self, image_ns: int) -> np.ndarray | None:
-        """Camera motion since the previous frame from the odometry nearest the image stamp."""
-        assert self._camera_motion is not None
-        pose = self._odom_at(image_ns)
-        if pose is None:
-            # Without odometry for this frame the next frame's motion would span two
-            # frames; start the chain again instead.
-            self._camera_motion.reset()
-            self.get_logger().warning(
-                f"no odometry within {self._odom_tolerance_s:.3f} s of the image stamp; "
-                "this frame runs without it",
-                throttle_duration_sec=self._warn_throttle_s,
+    def _next_frame(self) -> _Frame | None:
+        """The frame to run now, if any: the oldest one if it was held for odometry, else
+        the newest (the ones before it are dropped: they came while the worker was busy);
+        None when the only frame still waits for its odometry."""
+        tolerance = self.localizer.config.odom_tolerance_s
+        with self._frames_lock:
+            while len(self._pending) > 1 and not self._pending[0].held:
+                self._pending.popleft()
+                self.counters.dropped += 1
+            if not self._pending:
+                return None
+            frame = self._pending[0]
+            waiting = (
+                len(self._pending) == 1
+                and self._use_odom
+                and not self.localizer.odometry_covers(frame.stamp_ns)
+                and time.monotonic() - frame.arrived <= tolerance
             )
-            return None
-        return self._camera_motion.update(pose)
+            if waiting:
+                # Odometry stamped with this image is usually a moment behind it on the wire.
+                frame.held = True
+                return None
+            return self._pending.popleft()
 
-    def _odom_at(self, image_ns: int) -> np.ndarray | None:
-        """The base pose at the image stamp: interpolated between the odometry samples
-        around it, else the nearest sample within odom_tolerance_s, else None."""
-        tolerance_ns = int(self._odom_tolerance_s * 1e9)
-        before = after = None
-        for sample in self._odom_buffer:
-            if sample[0] <= image_ns:
-                before = sample
-            elif after is None:
-                after = sample
-        if before is not None and before[0] == image_ns:
-            return before[1]
-        if before is not None and after is not None:
-            if after[0] - before[0] <= 2 * tolerance_ns:
-                fraction = (image_ns - before[0]) / (after[0] - before[0])
-                return geometry.interpolate(before[1], after[1], fraction)
-        near = [s for s in (before, after) if s is not None]
-        nearest = min(near, key=lambda s: abs(s[0] - image_ns), default=None)
-        if nearest is None or abs(nearest[0] - image_ns) > tolerance_ns:
-            return None
-        return nearest[1]
+    def _work(self) -> None:
+        while self.localizer is not None and (frame := self._next_frame()) is not None:
+            with self._lock:
+                self._process(frame)
 
-    def _on_image(self, msg: Image) -> None:
-        self._frames_received += 1
+    def _process(self, frame: _Frame) -> None:
+        msg = frame.msg
         try:
-            rgb = image_msg_to_rgb(msg)
-        except FrameError as err:
-            self._frames_rejected += 1
-            self.get_logger().warning(
-                f"skipping frame stamped {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}: "
-                f"{err}",
-                throttle_duration_sec=self._warn_throttle_s,
+            if isinstance(msg, CompressedImage):
+                rgb = images.compressed_msg_to_rgb(msg)
+            else:
+                rgb = images.image_msg_to_rgb(msg)
+            rgb = self._adapt(rgb, msg.header.frame_id)
+            self._resolve_extrinsic(msg.header.frame_id)
+            estimate = self.localizer.process(rgb, frame.stamp_ns, self._use_odom)
+        except (images.FrameError, StampError) as err:
+            self._reject(msg, err)
+            return
+        with self._frames_lock:
+            self.counters.processed += 1
+            self._step_ms.append(estimate.step_ms)
+            for kind, _ in estimate.events:
+                if kind in ("time_backwards", "gap", "lost_reset"):
+                    self.counters.resets += 1
+                elif kind == "jitter":
+                    self.counters.jitter += 1
+        for kind, text in estimate.events:
+            self._warn(kind, text)
+        if estimate.restart == "full":
+            self._path.clear()
+        self._memory_norm = self.localizer.memory_norm
+        self._last_estimate = estimate
+        self._publish(msg.header.stamp, estimate)
+
+    def _adapt(self, rgb: np.ndarray, frame_id: str) -> np.ndarray:
+        """Check camera_info against the image; map it to the model's field of view."""
+        info = self._camera_info
+        if info is None:
+            return rgb
+        height, width = rgb.shape[:2]
+        for problem in images.check_camera_info(info, width, height, frame_id):
+            self._warn_once(problem, f"camera_info: {problem}")
+        key = (info.width, info.height, tuple(info.k), width, height)
+        if key != self._adapter_key:
+            self._adapter_key = key
+            self._adapter = None
+            if info.width == width and info.height == height and info.k[0] > 0:
+                runtime = self.localizer.runtime
+                w, h, intrinsics = runtime.input_camera
+                adapter = images.FieldOfViewAdapter.from_camera_info(info, w, h, intrinsics)
+                if not adapter.is_identity_scale:
+                    self._adapter = adapter
+                    self._log().warning(f"camera_info: {adapter.describe()}")
+        return self._adapter.apply(rgb) if self._adapter is not None else rgb
+
+    def _resolve_extrinsic(self, image_frame_id: str) -> None:
+        """Take base -> camera from TF once it has it; until then the parameter."""
+        if self._tf_buffer is None or self._extrinsic_from_tf:
+            return
+        camera_frame = self._camera_frame or image_frame_id
+        try:
+            t = self._tf_buffer.lookup_transform(
+                self._base_frame, camera_frame, rclpy.time.Time()
+            ).transform
+        except (
+            tf2_ros.LookupException,
+            tf2_ros.ConnectivityException,
+            tf2_ros.ExtrapolationException,
+        ) as err:
+            self._warn_once(
+                "extrinsic",
+                f"no {self._base_frame} -> {camera_frame} transform on TF yet ({err}); "
+                "using the base_to_camera parameter until there is",
             )
             return
+        pose = np.array(
+            [
+                t.translation.x,
+                t.translation.y,
+                t.translation.z,
+                t.rotation.x,
+                t.rotation.y,
+                t.rotation.z,
+                t.rotation.w,
+            ]
+        )
+        self.localizer.set_base_to_camera(pose)
+        self._extrinsic_from_tf = True
+        self._log().info(
+            f"{self._base_frame} -> {camera_frame} from TF: {np.round(pose, 4).tolist()}"
+        )
 
-        now_ns = stamp_ns(msg.header.stamp)
-        if self._camera_motion is not None and not self._odom_covers(now_ns):
-            # Odometry stamped with this image is usually a moment behind it on the wire:
-            # hold the frame until it comes (or odom_tolerance_s passes), so the motion
-            # fed to the model is this frame's and not the previous one's. A newer frame
-            # releases the held one first: nothing is dropped.
-            self._step_held()
-            self._held = (msg.header, rgb, now_ns, time.monotonic())
-            return
-        self._step_held()
-        self._step(msg.header, rgb, now_ns)
+    # Outputs --------------------------------------------------------------------------
 
-    def _step(self, header: Header, rgb: np.ndarray, now_ns: int) -> None:
-        dt = None
-        if self._last_stamp_ns is not None:
-            dt = (now_ns - self._last_stamp_ns) * 1e-9
-            if dt <= 0.0:
-                self.get_logger().warning(
-                    f"image stamp went back by {-dt:.3f} s; stepping without dt (call ~/reset "
-                    "when a bag restarts)",
-                    throttle_duration_sec=self._warn_throttle_s,
-                )
-                dt = None
-        motion = self._odom_motion(now_ns) if self._camera_motion is not None else None
-
-        result = self._runtime.step(rgb, odom_motion=motion, dt=dt)
-        self._frames_processed += 1
-        self._step_ms.append(result.step_ms)
-        self._publish(header, result.pose, result.log_var, dt)
-        self._last_pose, self._last_stamp_ns = result.pose, now_ns
-
-    def _publish(
-        self, image_header: Header, pose: np.ndarray, log_var: np.ndarray, dt: float | None
-    ) -> None:
-        header = Header(stamp=image_header.stamp, frame_id=self._output_frame)
-        pose_stamped = PoseStamped(header=header, pose=pose_to_msg(pose))
+    def _publish(self, stamp: Any, estimate: Estimate) -> None:
+        header = Header(stamp=stamp, frame_id=self._odom_frame)
+        pose_msg = pose_to_msg(estimate.pose)
+        pose_stamped = PoseStamped(header=header, pose=pose_msg)
         self._pose_pub.publish(pose_stamped)
 
-        odometry = Odometry(
-            header=header, child_frame_id=image_header.frame_id or DEFAULT_CAMERA_FRAME
-        )
-        odometry.pose.pose = pose_stamped.pose
-        odometry.pose.covariance = covariance_from_log_var(log_var)
-        if self._last_pose is not None and dt is not None:
-            odometry.twist.twist = twist_between(self._last_pose, pose, dt)
+        odometry = Odometry(header=header, child_frame_id=self._base_frame)
+        odometry.pose.pose = pose_msg
+        odometry.pose.covariance = estimate.pose_covariance
+        if estimate.twist is not None:
+            odometry.twist.twist = twist_to_msg(estimate.twist)
+        odometry.twist.covariance = estimate.twist_covariance
         self._odometry_pub.publish(odometry)
+
+        if self._tf_broadcaster is not None:
+            p = estimate.pose
+            self._tf_broadcaster.sendTransform(
+                TransformStamped(
+                    header=header,
+                    child_frame_id=self._base_frame,
+                    transform=Transform(
+                        translation=Vector3(x=p[0], y=p[1], z=p[2]), rotation=pose_msg.orientation
+                    ),
+                )
+            )
 
         self._path.append(pose_stamped)
         # Re-sending up to path_max_length poses each frame is the costly part; skip it
         # when nobody listens or it is switched off.
         if self._publish_path and self._path_pub.get_subscription_count() > 0:
             self._path_pub.publish(PathMsg(header=header, poses=list(self._path)))
+        self._status_pub.publish(self._status(estimate))
+        if self._markers_pub.get_subscription_count() > 0:
+            self._markers_pub.publish(self._markers(header, estimate))
 
-    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        frames = self._runtime.frames
-        self._held = None
-        self._runtime.reset()
-        self._path.clear()
-        self._last_pose = None
-        self._last_stamp_ns = None
-        if self._camera_motion is not None:
-            self._camera_motion.reset()
-        response.success = True
-        response.message = f"memory, pose and path reset after {frames} frames"
-        self.get_logger().info(response.message)
-        return response
+    def _status(self, estimate: Estimate) -> DiagnosticStatus:
+        values = {
+            "tracking": estimate.tracking.name,
+            "sigma_m": f"{estimate.sigma_m:.4g}",
+            "odometry_used": str(estimate.odometry_used).lower(),
+            "step_ms": f"{estimate.step_ms:.2f}",
+            "frames": str(self.localizer.runtime.frames),
+        }
+        return DiagnosticStatus(
+            level=LEVELS[estimate.tracking],
+            name=f"{self.node.get_name()}: tracking",
+            message=estimate.tracking.name,
+            hardware_id=self.localizer.runtime.spec.name,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+
+    def _markers(self, header: Header, estimate: Estimate) -> MarkerArray:
+        text = Marker(
+            header=header,
+            ns="tracking",
+            id=0,
+            type=Marker.TEXT_VIEW_FACING,
+            action=Marker.ADD,
+            text=f"{estimate.tracking.name}  σ={estimate.sigma_m * 1e3:.1f} mm",
+            color=COLOURS[estimate.tracking],
+        )
+        text.pose = pose_to_msg(estimate.pose)
+        text.pose.position.z += 0.8
+        text.scale.z = 0.25
+        return MarkerArray(markers=[text])
 
     def _publish_diagnostics(self) -> None:
-        runtime = self._runtime
-        status = DiagnosticStatus(name=f"{self.get_name()}: runtime", hardware_id=runtime.spec.name)
+        localizer = self.localizer
+        if localizer is None:
+            return
+        runtime = localizer.runtime
+        with self._frames_lock:
+            counters = dict(vars(self.counters))
+            times = list(self._step_ms)
+        tracking = self._last_estimate.tracking if self._last_estimate else TrackingState.OK
+        status = DiagnosticStatus(
+            name=f"{self.node.get_name()}: runtime", hardware_id=runtime.spec.name
+        )
+        level, message = LEVELS[tracking], f"tracking {tracking.name}"
+        if not self._enabled:
+            level, message = DiagnosticStatus.WARN, "paused (~/enable false)"
         if runtime.fallback_warning:
-            status.level, status.message = DiagnosticStatus.WARN, runtime.fallback_warning
-        else:
-            status.level, status.message = DiagnosticStatus.OK, "running"
-        p50, p99 = np.percentile(self._step_ms, [50, 99]) if self._step_ms else (np.nan, np.nan)
+            level, message = max(level, DiagnosticStatus.WARN), runtime.fallback_warning
+        status.level, status.message = level, message
+        p50, p99 = np.percentile(times, [50, 99]) if times else (np.nan, np.nan)
         values = {
             "model": runtime.spec.name,
             "cell": runtime.spec.cell,
             "provider": runtime.active_providers[0],
-            "frames_received": self._frames_received,
-            "frames_processed": self._frames_processed,
-            "frames_rejected": self._frames_rejected,
+            "tracking": tracking.name,
+            "enabled": str(self._enabled).lower(),
+            **{f"frames_{k}": v for k, v in counters.items() if k not in ("resets", "jitter")},
+            "memory_resets": counters["resets"],
+            "jitter_warnings": counters["jitter"],
             "step_ms_p50": f"{p50:.2f}",
             "step_ms_p99": f"{p99:.2f}",
+            "memory_norm": f"{self._memory_norm:.4g}",
+            "extrinsic": "tf" if self._extrinsic_from_tf else "parameter",
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         self._diagnostics_pub.publish(
-            DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status])
+            DiagnosticArray(
+                header=Header(stamp=self.node.get_clock().now().to_msg()), status=[status]
+            )
         )
 
+    # Services -------------------------------------------------------------------------
 
-def main(args: list[str] | None = None) -> int:
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            frames = self.localizer.runtime.frames
+            with self._frames_lock:
+                self._pending.clear()
+            self.localizer.reset()
+            self._path.clear()
+        response.success = True
+        response.message = f"memory, pose and path reset after {frames} frames"
+        self._log().info(response.message)
+        return response
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        with self._frames_lock:
+            self._enabled = request.data
+            if not request.data:
+                self._pending.clear()
+        response.success = True
+        response.message = "processing frames" if request.data else "paused; the memory is kept"
+        self._log().info(response.message)
+        return response
+
+    def _on_set_pose(self, msg: PoseWithCovarianceStamped) -> None:
+        if msg.header.frame_id not in ("", self._odom_frame):
+            self._warn(
+                "set_pose",
+                f"~/set_pose in frame '{msg.header.frame_id}' ignored: it must be in "
+                f"'{self._odom_frame}'",
+            )
+            return
+        with self._lock:
+            self.localizer.set_pose(pose_from_msg(msg.pose.pose), np.array(msg.pose.covariance))
+        self._log().info(f"pose set to {np.round(pose_from_msg(msg.pose.pose), 4).tolist()}")
+
+    def _on_save_memory(
+        self, request: Trigger.Request, response: Trigger.Response
+    ) -> Trigger.Response:
+        try:
+            with self._lock:
+                path = self.localizer.save_snapshot(self._snapshot_path)
+            response.success, response.message = True, f"memory saved to {path}"
+        except SnapshotError as err:
+            response.success, response.message = False, str(err)
+        self._log().info(response.message)
+        return response
+
+    def _on_load_memory(
+        self, request: Trigger.Request, response: Trigger.Response
+    ) -> Trigger.Response:
+        try:
+            with self._lock:
+                meta = self.localizer.load_snapshot(self._snapshot_path)
+            response.success = True
+            response.message = f"memory loaded from {Path(self._snapshot_path).expanduser()} ({meta['frames']} frames)"
+        except SnapshotError as err:
+            response.success, response.message = False, str(err)
+        (self._log().info if response.success else self._log().error)(response.message)
+        return response
+
+
+class LatentMemoryNode(Node):
+    """The node: configured and active from construction."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        declare_parameters(self)
+        self.core = LocalisationCore(self)
+        self.core.configure()
+        self.add_on_set_parameters_callback(self.core.on_set_parameters)
+        self.core.activate()
+
+
+class LatentMemoryLifecycleNode(LifecycleNode):
+    """The managed variant: configure loads the model, activate subscribes, deactivate
+    unsubscribes (the memory is kept), cleanup releases the session."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(LIFECYCLE_NODE_NAME, **kwargs)
+        declare_parameters(self)
+        self.core = LocalisationCore(self)
+        self.add_on_set_parameters_callback(self.core.on_set_parameters)
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.core.configure()
+        except StartupError as err:
+            self.get_logger().error(f"cannot configure: {err}")
+            self.core.cleanup()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.core.activate()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.core.deactivate()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.core.cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.core.cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+
+def spin(node: Node) -> None:
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    finally:
+        executor.shutdown()
+
+
+def main(args: list[str] | None = None, node_class: type[Node] = LatentMemoryNode) -> int:
     """Entry point of ``ros2 run latent_memory_ros latent_memory_node``; returns the exit code."""
     rclpy.init(args=args)
     node = None
     try:
-        node = LatentMemoryNode()
-        rclpy.spin(node)
+        node = node_class()
+        spin(node)
     except (StartupError, ParameterException) as err:
-        get_logger(NODE_NAME).fatal(f"cannot start: {err}")
+        get_logger(node_class.__name__).fatal(f"cannot start: {err}")
         return 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -496,5 +1015,10 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
+def lifecycle_main(args: list[str] | None = None) -> int:
+    """Entry point of ``latent_memory_lifecycle_node``: starts unconfigured."""
+    return main(args, LatentMemoryLifecycleNode)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle_main() if "--lifecycle" in sys.argv else main())

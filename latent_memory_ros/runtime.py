@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_PROVIDERS",
     "CameraMotionFromOdometry",
     "ModelError",
+    "RunResult",
     "StepResult",
     "StudentRuntime",
 ]
@@ -51,6 +52,15 @@ class StepResult:
     pose: np.ndarray  # (7,) camera optical frame in the start camera frame, xyz_qxyzw
     log_var: np.ndarray  # (6,) log variance of this frame's motion: x, y, z, rx, ry, rz
     step_ms: float
+
+
+@dataclass
+class RunResult:
+    """What :meth:`StudentRuntime.run` returns for a whole run of N frames."""
+
+    poses: np.ndarray  # (N, 7) camera optical frame in the start camera frame, xyz_qxyzw
+    log_var: np.ndarray  # (N, 6) log variance of each frame's motion (see StepResult)
+    step_ms: np.ndarray  # (N,) time of each step in ms
 
 
 class CameraMotionFromOdometry:
@@ -211,6 +221,27 @@ class StudentRuntime:
         """The carried state tensors (copies), e.g. for snapshots."""
         return {k: v.copy() for k, v in self._state.items()}
 
+    @property
+    def input_camera(self) -> tuple[int, int, tuple[float, float, float, float]]:
+        """The camera frames are best given as: width, height and (fx, fy, cx, cy) of the
+        model's camera at the resolution its cues are computed at (the network input is
+        resized from it)."""
+        return self._cue_config.width, self._cue_config.height, tuple(self._cue_intrinsics)
+
+    def restore(self, state: dict[str, np.ndarray], frames: int = 0) -> None:
+        """Carry on from ``state`` (e.g. a snapshot of :attr:`state`); the next frame has
+        no previous frame to compare with. Raises ModelError for arrays that do not fit."""
+        restored = {}
+        for name, init in self._init_state.items():
+            value = state.get(name)
+            if value is None or value.shape != init.shape:
+                have = "missing" if value is None else f"shape {value.shape}"
+                raise ModelError(f"state '{name}': {have}, the model carries {init.shape}")
+            restored[name] = np.asarray(value, dtype=init.dtype).copy()
+        self._state = restored
+        self._prev_gray = None
+        self.frames = frames
+
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 HxWx3 of any size to the normalised ``[1, 3, H, W]`` input."""
         size = (self.spec.image_width, self.spec.image_height)
@@ -261,13 +292,14 @@ class StudentRuntime:
         frames: Iterable[tuple[float, np.ndarray]],
         odom_base: np.ndarray | None = None,
         base_to_camera: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> RunResult:
         """A whole run from its first frame, offline: ``(stamp_s, rgb)`` frames, optional
         base poses ``(N, 7)`` from the wheel odometry at those frames (NaN rows: none),
-        and the camera mount. Returns poses ``(N, 7)`` and step times ``(N,)`` in ms."""
+        and the camera mount. Returns a :class:`RunResult`: poses ``(N, 7)``, the log
+        variance of each frame's motion ``(N, 6)`` and step times ``(N,)`` in ms."""
         self.reset()
         to_camera = CameraMotionFromOdometry(base_to_camera) if odom_base is not None else None
-        poses, step_ms = [], []
+        poses, log_var, step_ms = [], [], []
         previous = None
         for i, (stamp, rgb) in enumerate(frames):
             motion = None
@@ -279,6 +311,11 @@ class StudentRuntime:
             dt = stamp - previous if previous is not None and stamp > previous else None
             result = self.step(rgb, odom_motion=motion, dt=dt)
             poses.append(result.pose)
+            log_var.append(result.log_var)
             step_ms.append(result.step_ms)
             previous = stamp
-        return np.array(poses).reshape(-1, 7), np.array(step_ms)
+        return RunResult(
+            poses=np.array(poses).reshape(-1, 7),
+            log_var=np.array(log_var).reshape(-1, 6),
+            step_ms=np.array(step_ms),
+        )

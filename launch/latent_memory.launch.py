@@ -1,40 +1,161 @@
-"""Launch latent_memory_node with the shipped parameters, and RViz on request.
+"""Launch latent_memory_node (or its lifecycle variant) with the shipped parameters, and RViz.
 
     ros2 launch latent_memory_ros latent_memory.launch.py \\
-        image_topic:=/camera/color/image_raw odom_topic:=/odom rviz:=true
+        image_topic:=/camera/color/image_raw odom_topic:=/odom publish_tf:=false rviz:=true
+    ros2 launch latent_memory_ros latent_memory.launch.py --show-args
 
-model_dir, image_topic and odom_topic override params_file only when given, so a
-custom params_file is not silently overwritten by this file's defaults.
+Every node parameter is an argument: names, descriptions and choices come from
+``latent_memory_ros.node.PARAMETERS``, the single source of truth. Their defaults are empty,
+meaning "keep params_file's value", so only the arguments given override params_file and a
+custom params_file is not silently overwritten by this file (a string parameter therefore
+cannot be set to empty here: use a params_file for that). Values are typed like the
+parameter: publish_tf:=false, path_max_length:=500, lost_sigma_m:=0.1,
+providers:=[CPUExecutionProvider], base_to_camera:=[0.1,0,0.5,-0.5,0.5,-0.5,0.5].
+
+lifecycle:=true starts latent_memory_lifecycle_node instead, a managed node that starts
+unconfigured: a lifecycle manager (e.g. nav2_lifecycle_manager) or
+
+    ros2 lifecycle set /latent_memory_lifecycle_node configure
+    ros2 lifecycle set /latent_memory_lifecycle_node activate
+
+brings it up.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from typing import Any
 
 PACKAGE = "latent_memory_ros"
 EXECUTABLE = "latent_memory_node"
 NODE_NAME = "latent_memory_node"
+LIFECYCLE_EXECUTABLE = "latent_memory_lifecycle_node"
+LIFECYCLE_NODE_NAME = "latent_memory_lifecycle_node"
 PARAMS_FILE = ("config", "latent_memory.yaml")
 RVIZ_CONFIG = ("config", "latent_memory.rviz")
-OPTIONAL_OVERRIDES = ("model_dir", "image_topic", "odom_topic")
+BOOLEAN = ["true", "false"]
+KEEP = ""  # a parameter argument left empty keeps params_file's value
+# Arguments of this file rather than of the node.
+LAUNCH_ARGUMENTS = ("params_file", "use_sim_time", "lifecycle", "namespace", "rviz")
+
+
+def node_parameters() -> tuple[Any, ...]:
+    """The node's ParameterSpecs. Imported on use: only a ROS installation (where the
+    package is installed) has what latent_memory_ros.node imports."""
+    from latent_memory_ros.node import PARAMETERS
+
+    return PARAMETERS
+
+
+def shown(value: Any) -> str:
+    """``value`` as it is written on the command line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value) if value != "" else "empty"
+
+
+def argument_choices(spec: Any) -> list[str] | None:
+    """The valid values of the argument for the parameter ``spec``. They include KEEP:
+    launch refuses a default that is not one of the choices."""
+    if isinstance(spec.default, bool):
+        return [KEEP, *BOOLEAN]
+    if spec.choices:
+        return [KEEP, *spec.choices]
+    return None
+
+
+def argument_description(spec: Any) -> str:
+    return f"{spec.description} Empty: params_file's value (node default: {shown(spec.default)})."
+
+
+def parameter_value(spec: Any, text: str) -> Any:
+    """The non-empty argument ``text`` as a value of the parameter ``spec``'s type; a
+    ValueError names the argument when it is not one."""
+    import yaml
+
+    default = spec.default
+    try:
+        if isinstance(default, bool):
+            if text not in BOOLEAN:
+                raise ValueError(text)
+            return text == "true"
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, list):
+            # [a, b] (YAML) or a,b
+            items = yaml.safe_load(text) if text.lstrip().startswith("[") else text.split(",")
+            if not isinstance(items, list):
+                raise ValueError(text)
+            if default and isinstance(default[0], float):
+                if any(isinstance(item, bool) for item in items):
+                    raise ValueError(text)
+                return [float(item) for item in items]
+            return [str(item).strip() for item in items]
+        return text
+    except (ValueError, TypeError, yaml.YAMLError) as err:
+        raise ValueError(
+            f"launch argument {spec.name}:={text!r} is not a {type(default).__name__} "
+            f"parameter value like {shown(default)}"
+        ) from err
+
+
+def rviz_config(shipped: str, node: str, fixed_frame: str | None) -> str:
+    """The RViz config for the node ``node`` (fully qualified name): the shipped one shows
+    /latent_memory_node's topics in the default odom frame; another name, namespace or
+    odom_frame gets a copy in a temporary file."""
+    import yaml
+
+    default_node = "/" + NODE_NAME
+    if node == default_node and not fixed_frame:
+        return shipped
+    with open(shipped) as stream:
+        config = yaml.safe_load(stream)
+    manager = config["Visualization Manager"]
+    for display in manager["Displays"]:
+        topic = display.get("Topic", {})
+        if str(topic.get("Value", "")).startswith(default_node + "/"):
+            topic["Value"] = node + topic["Value"][len(default_node) :]
+    if fixed_frame:
+        manager["Global Options"]["Fixed Frame"] = fixed_frame
+    handle, path = tempfile.mkstemp(prefix="latent_memory_", suffix=".rviz")
+    with os.fdopen(handle, "w") as stream:
+        yaml.safe_dump(config, stream, sort_keys=False)
+    return path
 
 
 def _launch_nodes(context, *args, **kwargs):
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
+    from launch_ros.parameter_descriptions import ParameterValue
     from launch_ros.substitutions import FindPackageShare
 
     def value(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
     use_sim_time = value("use_sim_time") == "true"
-    overrides = {"use_sim_time": use_sim_time}
-    overrides.update({name: value(name) for name in OPTIONAL_OVERRIDES if value(name)})
+    lifecycle = value("lifecycle") == "true"
+    namespace = value("namespace").strip("/")
+    overrides: dict[str, Any] = {"use_sim_time": use_sim_time}
+    for spec in node_parameters():
+        text = value(spec.name)
+        if text != KEEP:
+            typed = parameter_value(spec, text)
+            # launch_ros reads plain strings as YAML ("1.0" would become a double).
+            overrides[spec.name] = (
+                ParameterValue(typed, value_type=str) if isinstance(typed, str) else typed
+            )
+    name = LIFECYCLE_NODE_NAME if lifecycle else NODE_NAME
     nodes = [
         Node(
             package=PACKAGE,
-            executable=EXECUTABLE,
-            name=NODE_NAME,
+            executable=LIFECYCLE_EXECUTABLE if lifecycle else EXECUTABLE,
+            name=name,
+            namespace=namespace or None,
             output="screen",
             emulate_tty=True,
             parameters=[value("params_file"), overrides],
@@ -42,12 +163,17 @@ def _launch_nodes(context, *args, **kwargs):
     ]
     if value("rviz") == "true":
         share = FindPackageShare(PACKAGE).perform(context)
+        config = rviz_config(
+            os.path.join(share, *RVIZ_CONFIG),
+            "/" + "/".join(part for part in (namespace, name) if part),
+            value("odom_frame") or None,
+        )
         nodes.append(
             Node(
                 package="rviz2",
                 executable="rviz2",
                 name="rviz2",
-                arguments=["-d", os.path.join(share, *RVIZ_CONFIG)],
+                arguments=["-d", config],
                 parameters=[{"use_sim_time": use_sim_time}],
                 output="screen",
             )
@@ -64,41 +190,48 @@ def generate_launch_description():
 
     from launch import LaunchDescription
 
+    launch_arguments = [
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=PathJoinSubstitution([FindPackageShare(PACKAGE), *PARAMS_FILE]),
+            description="YAML with the node parameters; the arguments below override it.",
+        ),
+        DeclareLaunchArgument(
+            "use_sim_time",
+            default_value="false",
+            choices=BOOLEAN,
+            description="Use /clock (true when replaying a bag with --clock).",
+        ),
+        DeclareLaunchArgument(
+            "lifecycle",
+            default_value="false",
+            choices=BOOLEAN,
+            description=f"Start {LIFECYCLE_EXECUTABLE}, a managed node, instead of {EXECUTABLE}. "
+            "It starts unconfigured: a lifecycle manager, or `ros2 lifecycle set "
+            f"/{LIFECYCLE_NODE_NAME} configure` then `activate`, brings it up.",
+        ),
+        DeclareLaunchArgument(
+            "namespace",
+            default_value="",
+            description="Namespace of the node (empty: none).",
+        ),
+        DeclareLaunchArgument(
+            "rviz",
+            default_value="false",
+            choices=BOOLEAN,
+            description="Also start RViz2 with the shipped config (path, odometry with "
+            "covariance, tracking state, query poses, TF).",
+        ),
+    ]
+    parameter_arguments = [
+        DeclareLaunchArgument(
+            spec.name,
+            default_value=KEEP,
+            description=argument_description(spec),
+            choices=argument_choices(spec),
+        )
+        for spec in node_parameters()
+    ]
     return LaunchDescription(
-        [
-            DeclareLaunchArgument(
-                "model_dir",
-                default_value="",
-                description="Exported model directory; empty keeps params_file (default: the "
-                "installed models/default).",
-            ),
-            DeclareLaunchArgument(
-                "image_topic",
-                default_value="",
-                description="sensor_msgs/Image topic; empty keeps params_file (/camera/image_raw).",
-            ),
-            DeclareLaunchArgument(
-                "odom_topic",
-                default_value="",
-                description="nav_msgs/Odometry topic; empty keeps params_file (/odom).",
-            ),
-            DeclareLaunchArgument(
-                "params_file",
-                default_value=PathJoinSubstitution([FindPackageShare(PACKAGE), *PARAMS_FILE]),
-                description="YAML with the node parameters.",
-            ),
-            DeclareLaunchArgument(
-                "use_sim_time",
-                default_value="false",
-                choices=["true", "false"],
-                description="Use /clock (true when replaying a bag with --clock).",
-            ),
-            DeclareLaunchArgument(
-                "rviz",
-                default_value="false",
-                choices=["true", "false"],
-                description="Also start RViz2 with the shipped config.",
-            ),
-            OpaqueFunction(function=_launch_nodes),
-        ]
+        [*launch_arguments, *parameter_arguments, OpaqueFunction(function=_launch_nodes)]
     )

@@ -19,6 +19,7 @@ from latent_memory_ros.evaluation import (
     main,
     no_motion_metrics,
     trajectory_metrics,
+    uncertainty_calibration,
 )
 from latent_memory_ros.tum import write_trajectory
 
@@ -142,6 +143,112 @@ def test_too_few_matches_is_an_error() -> None:
         trajectory_metrics(stamps + 5.0, gt, stamps, gt)
     with pytest.raises(ValueError, match="only 2 poses match"):
         trajectory_metrics(stamps[:2], gt[:2], stamps, gt)
+
+
+def noisy_motions(
+    gt: np.ndarray, sigma: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """An estimate whose every frame's motion (previous camera frame) errs by Gaussian
+    noise of the given per-frame, per-axis sigma ``(N, 6)``; and its log variance."""
+    noise = rng.normal(size=sigma.shape) * sigma
+    motion = geometry.relative(gt[:-1], gt[1:])
+    noisy = np.concatenate(
+        [
+            motion[:, :3] + noise[1:, :3],
+            geometry.quat_multiply(geometry.rotvec_to_quat(noise[1:, 3:]), motion[:, 3:]),
+        ],
+        axis=1,
+    )
+    est = geometry.integrate(np.vstack([gt[:1], noisy]))
+    return est, np.log(sigma**2)
+
+
+def straight_run(n: int) -> np.ndarray:
+    """A camera driving 1 cm per frame along its optical axis: its axes never turn, so
+    the random-walk sigma of a window is exact."""
+    poses = np.tile(geometry.IDENTITY, (n, 1))
+    poses[:, 2] = 0.01 * np.arange(n)
+    return poses
+
+
+def per_frame_sigma(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-axis sigmas (a few mm, a few mrad) that change from frame to frame by up to e."""
+    base = np.array([0.002, 0.001, 0.004, 0.0005, 0.002, 0.0003])
+    return base * np.exp(rng.uniform(-1.0, 1.0, size=(n, 6)))
+
+
+GAUSSIAN_1, GAUSSIAN_2 = 0.6827, 0.9545
+
+
+def test_calibration_of_gaussian_errors_matches_the_gaussian_shares() -> None:
+    rng = np.random.default_rng(3)
+    # Per frame the error model is exact on any trajectory, here a turning loop.
+    _, loop = loop_trajectory(6001)
+    sigma = per_frame_sigma(len(loop), rng)
+    est, log_var = noisy_motions(loop, sigma, rng)
+    result = uncertainty_calibration(loop, est, log_var, windows=(1,))
+    one = result["windows"]["1"]
+    assert one["windows"] == 6000
+    for part in ("translation", "rotation"):
+        assert one[part]["samples"] == 18000
+        assert one[part]["within_1sigma"] == pytest.approx(GAUSSIAN_1, abs=0.015), part
+        assert one[part]["within_2sigma"] == pytest.approx(GAUSSIAN_2, abs=0.01), part
+        assert one[part]["rms"] == pytest.approx(1.0, abs=0.03), part
+    assert result["gaussian"]["within_1sigma"] == pytest.approx(GAUSSIAN_1, abs=1e-4)
+    # Sigma percentiles are of the per-frame sigmas, frame 0 (no motion) left out.
+    trans = np.sqrt(np.mean(sigma[1:, :3] ** 2, axis=1))
+    rot = np.sqrt(np.mean(sigma[1:, 3:] ** 2, axis=1))
+    for q in (50, 90, 99, 99.9):
+        assert result["sigma_trans_m"][f"p{q:g}"] == pytest.approx(np.percentile(trans, q))
+        assert result["sigma_rot_rad"][f"p{q:g}"] == pytest.approx(np.percentile(rot, q))
+
+    # Over k frames the random-walk sigma (summed variances) is exact when the axes do
+    # not turn; overlapping windows are correlated, hence the looser bounds.
+    straight = straight_run(12001)
+    sigma = per_frame_sigma(len(straight), rng)
+    est, log_var = noisy_motions(straight, sigma, rng)
+    result = uncertainty_calibration(straight, est, log_var, windows=(1, 30))
+    assert result["windows"]["30"]["windows"] == 12001 - 30
+    for k in ("1", "30"):
+        for part in ("translation", "rotation"):
+            shares = result["windows"][k][part]
+            assert shares["within_1sigma"] == pytest.approx(GAUSSIAN_1, abs=0.04), (k, part)
+            assert shares["within_2sigma"] == pytest.approx(GAUSSIAN_2, abs=0.025), (k, part)
+
+
+def test_calibration_shows_a_sigma_ten_times_too_small() -> None:
+    rng = np.random.default_rng(4)
+    gt = straight_run(3001)
+    est, log_var = noisy_motions(gt, per_frame_sigma(len(gt), rng), rng)
+    overconfident = log_var - 2.0 * np.log(10.0)  # sigma / 10
+    result = uncertainty_calibration(gt, est, overconfident, windows=(1, 30))
+    for k in ("1", "30"):
+        for part in ("translation", "rotation"):
+            shares = result["windows"][k][part]
+            # |z| / 10 <= 1 for a Gaussian z: 8 % inside 1 sigma, 16 % inside 2 sigma.
+            assert shares["within_1sigma"] < 0.15, (k, part)
+            assert shares["within_2sigma"] < 0.25, (k, part)
+            assert shares["median_scale"] == pytest.approx(10.0, rel=0.15), (k, part)
+    # And 10x too large: everything inside 1 sigma, under-confident.
+    result = uncertainty_calibration(gt, est, log_var + 2.0 * np.log(10.0), windows=(1,))
+    assert result["windows"]["1"]["translation"]["within_1sigma"] > 0.99
+
+
+def test_calibration_skips_frame_zero_and_frames_without_estimate() -> None:
+    rng = np.random.default_rng(5)
+    gt = straight_run(400)
+    est, log_var = noisy_motions(gt, per_frame_sigma(len(gt), rng), rng)
+    log_var[0] = np.nan  # frame 0 has no motion: its variance is never used
+    est[100] = np.nan  # no estimate: the windows that start or end there are left out
+    log_var[200] = np.inf  # no variance: the windows over frame 200's motion are left out
+    result = uncertainty_calibration(gt, est, log_var, windows=(1, 30, 500))
+    assert result["windows"]["1"]["windows"] == 399 - 2 - 1
+    assert result["windows"]["30"]["windows"] == 370 - 2 - 30
+    assert result["windows"]["500"]["windows"] == 0
+    assert result["windows"]["500"]["translation"]["within_1sigma"] is None
+    assert all(np.isfinite(v) for v in result["sigma_trans_m"].values())
+    with pytest.raises(ValueError, match="need"):
+        uncertainty_calibration(gt, est[:-1], log_var)
 
 
 class OdometryEchoRuntime:

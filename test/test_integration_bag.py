@@ -97,7 +97,7 @@ def _offline_poses(model_dir: Path, bag: Path) -> np.ndarray:
     run = read_run(bag, "/camera/image_raw", odom_topic="/odom")
     rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
     odom = run.odom_at(run.image_stamps) if rt.spec.uses_odom else None
-    return rt.run(run.images(), odom, run.base_to_camera)[0]
+    return rt.run(run.images(), odom, run.base_to_camera).poses
 
 
 def test_bag_replay_gives_every_frame_its_pose_and_reset_repeats_it(

@@ -18,17 +18,22 @@ from tqdm import tqdm
 
 from latent_memory_ros import geometry
 from latent_memory_ros.cues import sequence_cues
-from latent_memory_ros.evaluation import trajectory_metrics
-from latent_memory_ros.runtime import StudentRuntime
+from latent_memory_ros.evaluation import (
+    calibration_errors,
+    calibration_summary,
+    trajectory_metrics,
+)
+from latent_memory_ros.runtime import RunResult, StudentRuntime
 from latent_memory_training.data.generate import mirror
 from latent_memory_training.data.prepare import odometry_motions
 from latent_memory_training.data.sequence import Sequence
 
 METHODS = ("model_odom", "model_images", "odometry", "classical_vo", "no_motion")
+MODEL_METHODS = ("model_odom", "model_images")
 KEYS = ("ate_rmse_m", "ate_sim3_rmse_m", "rpe_trans_m", "rpe_rot_deg")
 
 
-def run_model(rt: StudentRuntime, seq: Sequence, use_odom: bool) -> tuple[np.ndarray, np.ndarray]:
+def run_model(rt: StudentRuntime, seq: Sequence, use_odom: bool) -> RunResult:
     frames = zip(seq.stamps, seq.images, strict=True)
     return rt.run(frames, seq.odom_base if use_odom else None, seq.base_to_camera)
 
@@ -49,19 +54,25 @@ def classical_vo(seq: Sequence, odom: np.ndarray) -> np.ndarray:
 
 
 def evaluate_sequence(rt: StudentRuntime, seq: Sequence) -> dict:
+    """Metrics of every method on one sequence; ``step_ms`` (the model's step times) and
+    ``calibration_errors`` (per model method, see
+    :func:`latent_memory_ros.evaluation.calibration_errors`) are raw arrays for pooling."""
     gt, stamps = seq.gt_camera, seq.stamps
     estimates = {}
     step_ms: list[float] = []
+    calibration = {}
     for name, use_odom in (("model_odom", True), ("model_images", False)):
-        est, times = run_model(rt, seq, use_odom)
-        estimates[name] = est
-        step_ms += list(times)
+        ran = run_model(rt, seq, use_odom)
+        estimates[name] = ran.poses
+        step_ms += list(ran.step_ms)
+        calibration[name] = calibration_errors(gt, ran.poses, ran.log_var)
     odom = odometry_motions(seq)[:, :7].astype(np.float64)
     estimates["odometry"] = geometry.integrate(odom)
     estimates["classical_vo"] = classical_vo(seq, odom)
     estimates["no_motion"] = np.tile(geometry.IDENTITY, (len(seq), 1))
     row = {m: trajectory_metrics(stamps, est, stamps, gt) for m, est in estimates.items()}
     row["step_ms"] = step_ms
+    row["calibration_errors"] = calibration
     return row
 
 
@@ -74,6 +85,7 @@ def _evaluate_file(job: tuple[Path, Path, bool]) -> list[dict]:
     for variant, s in [("original", seq)] + ([("mirrored", mirror(seq))] if mirrored else []):
         row = evaluate_sequence(rt, s)
         times = row.pop("step_ms")
+        errors = row.pop("calibration_errors")
         rows.append(
             {
                 "sequence": s.name,
@@ -81,9 +93,27 @@ def _evaluate_file(job: tuple[Path, Path, bool]) -> list[dict]:
                 "frames": len(s),
                 **row,
                 "step_ms_p50": float(np.percentile(times, 50)),
+                "calibration": {m: calibration_summary(**e) for m, e in errors.items()},
+                # Raw normalised errors and sigmas: pooled over sequences by evaluate(),
+                # which removes them before the JSON is written.
+                "_calibration_errors": errors,
             }
         )
     return rows
+
+
+def pooled_calibration(errors: list[dict]) -> dict:
+    """One :func:`calibration_summary` of several runs' :func:`calibration_errors`: the
+    normalised errors and sigmas are pooled, not the per-run shares averaged."""
+    windows = sorted({k for e in errors for k in e["normalised"]})
+    return calibration_summary(
+        normalised={
+            k: np.concatenate([e["normalised"][k] for e in errors if k in e["normalised"]])
+            for k in windows
+        },
+        sigma_trans_m=np.concatenate([e["sigma_trans_m"] for e in errors]),
+        sigma_rot_rad=np.concatenate([e["sigma_rot_rad"] for e in errors]),
+    )
 
 
 def evaluate(model_dir: Path, paths: list[Path], mirrored: bool = True, jobs: int = 1) -> dict:
@@ -92,7 +122,7 @@ def evaluate(model_dir: Path, paths: list[Path], mirrored: bool = True, jobs: in
     with get_context("spawn").Pool(jobs) as pool:
         for rows in tqdm(pool.imap(_evaluate_file, work), total=len(work), desc="held-out"):
             per_sequence += rows
-    summary = {}
+    summary, calibration = {}, {}
     for variant in ("original", "mirrored"):
         rows = [r for r in per_sequence if r["variant"] == variant]
         if rows:
@@ -100,7 +130,19 @@ def evaluate(model_dir: Path, paths: list[Path], mirrored: bool = True, jobs: in
                 m: {k: float(np.mean([r[m][k] for r in rows])) for k in KEYS} for m in METHODS
             }
             summary[variant]["sequences"] = len(rows)
-    return {"model": str(model_dir), "summary": summary, "per_sequence": per_sequence}
+            calibration[variant] = {
+                m: pooled_calibration([r["_calibration_errors"][m] for r in rows])
+                for m in MODEL_METHODS
+            }
+            calibration[variant]["sequences"] = len(rows)
+    for r in per_sequence:
+        del r["_calibration_errors"]
+    return {
+        "model": str(model_dir),
+        "summary": summary,
+        "calibration": calibration,
+        "per_sequence": per_sequence,
+    }
 
 
 def markdown_table(result: dict) -> str:
@@ -125,6 +167,47 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def calibration_table(result: dict) -> str:
+    """Shares of the model's motion errors inside 1 and 2 predicted sigma, pooled over
+    the sequences, and its per-frame sigma percentiles (markdown)."""
+    labels = {"model_odom": "images + odometry", "model_images": "images only"}
+    lines = [
+        "| variant | student | window (frames) | part | inside 1σ | inside 2σ |"
+        " rms e/σ | median scale |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    sigmas = [
+        "| variant | student | σ trans p50 / p90 / p99 / p99.9 (mm) |"
+        " σ rot p50 / p90 / p99 / p99.9 (mrad) |",
+        "|---|---|---|---|",
+    ]
+    gaussian = None
+    for variant, methods in result.get("calibration", {}).items():
+        for m in MODEL_METHODS:
+            c = methods[m]
+            gaussian = c["gaussian"]
+            for k, w in c["windows"].items():
+                for part in ("translation", "rotation"):
+                    v = w[part]
+                    if not v["samples"]:
+                        continue
+                    lines.append(
+                        f"| {variant} | {labels[m]} | {k} | {part} | "
+                        f"{100 * v['within_1sigma']:.1f} % | {100 * v['within_2sigma']:.1f} % | "
+                        f"{v['rms']:.2f} | {v['median_scale']:.2f} |"
+                    )
+            t = " / ".join(f"{1e3 * x:.2f}" for x in c["sigma_trans_m"].values())
+            r = " / ".join(f"{1e3 * x:.3f}" for x in c["sigma_rot_rad"].values())
+            sigmas.append(f"| {variant} | {labels[m]} | {t} | {r} |")
+    if gaussian is None:
+        return ""
+    note = (
+        f"Gaussian: {100 * gaussian['within_1sigma']:.1f} % inside 1σ, "
+        f"{100 * gaussian['within_2sigma']:.1f} % inside 2σ"
+    )
+    return "\n".join([*lines, "", note, "", *sigmas])
+
+
 def run(args) -> int:
     from latent_memory_training.data.prepare import find_sequences
 
@@ -135,4 +218,6 @@ def run(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(markdown_table(result))
+    print()
+    print(calibration_table(result))
     return 0

@@ -1,0 +1,411 @@
+"""What the node does with each frame, without ROS: frames, covariance, tracking, time.
+
+:class:`Localizer` wraps a :class:`~latent_memory_ros.runtime.StudentRuntime` and turns
+its output (the camera optical frame in the first camera frame, and the log variance of
+each frame's motion) into what a robot consumes (REP 103 / REP 105):
+
+- the **base** pose in the **odom** frame: ``O_t = A · T_bc · C_t · T_bc⁻¹`` where ``C_t``
+  is the model's camera pose, ``T_bc`` the base → camera extrinsic and ``A`` the anchor
+  (identity at start; moved by :meth:`set_pose` and by memory restarts, so the output
+  stays continuous, as REP 105 asks of the odom frame);
+- a pose covariance that accumulates the predicted per-frame motion covariance, rotated
+  into the odom frame (a first-order random walk), and a twist in the base frame with the
+  per-frame covariance divided by dt²;
+- a tracking state from the predicted per-frame translation sigma (OK / UNCERTAIN /
+  LOST); when LOST the covariances are replaced by :data:`LOST_VARIANCE` (rtabmap's
+  convention) so downstream filters ignore the output, and after ``lost_reset_s`` of
+  LOST the memory restarts;
+- time: a stamp that goes backwards (a bag loop) resets everything, a gap longer than
+  ``max_gap_s`` restarts the memory, and dt jitter is reported.
+
+Odometry association lives here too, so the node only adapts messages.
+Snapshots of the memory are written atomically and carry the model's sha256.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import tempfile
+import threading
+import zipfile
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from latent_memory_ros import geometry
+from latent_memory_ros.model_format import STEP_FILE, ModelError
+from latent_memory_ros.runtime import CameraMotionFromOdometry, StudentRuntime
+
+__all__ = [
+    "LOST_VARIANCE",
+    "Estimate",
+    "Localizer",
+    "LocalizerConfig",
+    "SnapshotError",
+    "StampError",
+    "TrackingState",
+]
+
+IDENTITY = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+# rtabmap publishes lost odometry with this variance on the diagonal; robot_localization
+# and other filters then give the measurement (almost) no weight.
+LOST_VARIANCE = 9999.0
+SNAPSHOT_FORMAT = "latent-memory-snapshot/1"
+# Two seconds of 100 Hz odometry: more than any camera latency, so the match is there.
+ODOM_BUFFER_LENGTH = 200
+DT_HISTORY = 30
+
+
+class TrackingState(enum.Enum):
+    OK = 0
+    UNCERTAIN = 1
+    LOST = 2
+
+
+class SnapshotError(RuntimeError):
+    """A memory snapshot that cannot be written or used; the message says why."""
+
+
+class StampError(ValueError):
+    """A frame whose stamp cannot be used (the same as the previous frame's)."""
+
+
+@dataclass
+class LocalizerConfig:
+    base_to_camera: np.ndarray  # camera optical frame in the base frame, xyz_qxyzw
+    odom_tolerance_s: float = 0.1
+    max_gap_s: float = 1.0  # 0: never restart on a gap
+    uncertain_sigma_m: float = 0.01
+    lost_sigma_m: float = 0.05
+    lost_reset_s: float = 2.0  # 0: never restart automatically
+    jitter_warn_s: float = 0.02  # 0: never warn
+
+
+@dataclass
+class Estimate:
+    """The outputs for one frame, all in ROS conventions (base frame in the odom frame)."""
+
+    stamp_ns: int
+    pose: np.ndarray  # (7,) base in odom
+    pose_covariance: np.ndarray  # (36,) row-major, x y z rx ry rz, in the odom frame
+    twist: np.ndarray | None  # (6,) base velocity in the base frame; None after a restart
+    twist_covariance: np.ndarray  # (36,)
+    tracking: TrackingState
+    sigma_m: float  # predicted per-frame translation sigma
+    step_ms: float
+    odometry_used: bool
+    # (kind, message) of what happened on this frame: time_backwards, gap, jitter,
+    # lost_reset, no_odometry. A "full" restart also means the path starts over.
+    events: list[tuple[str, str]] = field(default_factory=list)
+    restart: str | None = None  # None, "memory" or "full"
+
+
+def _rotation_block(rotation: np.ndarray) -> np.ndarray:
+    block = np.zeros((6, 6))
+    block[:3, :3] = block[3:, 3:] = rotation
+    return block
+
+
+class Localizer:
+    """One camera's localisation state. Not thread-safe: the node serialises the calls,
+    except :meth:`add_odometry` / :meth:`odometry_covers`, which have their own lock so
+    odometry keeps flowing in while a frame is being processed."""
+
+    def __init__(self, runtime: StudentRuntime, config: LocalizerConfig) -> None:
+        self.runtime = runtime
+        self.config = config
+        self._odom: deque[tuple[int, np.ndarray]] = deque(maxlen=ODOM_BUFFER_LENGTH)
+        self._odom_lock = threading.Lock()
+        self._camera_motion = CameraMotionFromOdometry(config.base_to_camera)
+        self.set_base_to_camera(config.base_to_camera)
+        self.reset()
+
+    # Configuration and control -------------------------------------------------------
+
+    def set_base_to_camera(self, base_to_camera: np.ndarray) -> None:
+        pose = np.asarray(base_to_camera, dtype=np.float64).copy()
+        pose[3:] = geometry.quat_normalize(pose[3:])
+        self.config.base_to_camera = pose
+        self._camera_to_base = geometry.inverse(pose)
+        self._camera_motion = CameraMotionFromOdometry(pose)
+        # Per-frame motion covariance comes in camera optical axes.
+        self._base_from_optical = _rotation_block(geometry.quat_to_matrix(pose[3:]))
+
+    def reset(self) -> None:
+        """Forget everything: memory, pose (back to the odom origin), time."""
+        self._anchor = IDENTITY.copy()
+        self._covariance = np.zeros((6, 6))
+        self.last_pose: np.ndarray | None = None  # last published base pose in odom
+        self._restart_memory()
+
+    def _restart_memory(self) -> None:
+        """A new memory whose first pose continues from the last output (REP 105: the
+        odom frame does not jump)."""
+        self.runtime.reset()
+        if self.last_pose is not None:
+            self._anchor = self.last_pose.copy()
+        self._base_in_start: np.ndarray | None = None
+        self._restart_time()
+
+    def set_pose(self, pose: np.ndarray, covariance: np.ndarray | None = None) -> None:
+        """Re-anchor: the last output (or the next, before any frame) becomes ``pose``."""
+        pose = np.asarray(pose, dtype=np.float64).copy()
+        pose[3:] = geometry.quat_normalize(pose[3:])
+        current = self._base_in_start if self._base_in_start is not None else IDENTITY
+        self._anchor = geometry.compose(pose, geometry.inverse(current))
+        self.last_pose = pose
+        if covariance is not None:
+            self._covariance = np.asarray(covariance, dtype=np.float64).reshape(6, 6).copy()
+
+    @property
+    def memory_norm(self) -> float:
+        """Norm of the memory tensors (the state minus the carried pose and bias)."""
+        state = self.runtime.state
+        memory = [v for k, v in state.items() if k not in ("pose", "bias")]
+        return float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in memory)))
+
+    # Odometry -------------------------------------------------------------------------
+
+    def add_odometry(self, stamp_ns: int, base_pose: np.ndarray) -> None:
+        with self._odom_lock:
+            self._odom.append((stamp_ns, np.asarray(base_pose, dtype=np.float64)))
+
+    def odometry_covers(self, stamp_ns: int) -> bool:
+        with self._odom_lock:
+            return bool(self._odom) and self._odom[-1][0] >= stamp_ns
+
+    def odometry_at(self, stamp_ns: int) -> np.ndarray | None:
+        """The base pose at ``stamp_ns``: interpolated between the samples around it (at
+        most 2 × odom_tolerance_s apart), else the nearest within odom_tolerance_s."""
+        tolerance_ns = int(self.config.odom_tolerance_s * 1e9)
+        before = after = None
+        with self._odom_lock:
+            for sample in self._odom:
+                if sample[0] <= stamp_ns:
+                    before = sample
+                elif after is None:
+                    after = sample
+        if before is not None and before[0] == stamp_ns:
+            return before[1]
+        if before is not None and after is not None and after[0] - before[0] <= 2 * tolerance_ns:
+            fraction = (stamp_ns - before[0]) / (after[0] - before[0])
+            return geometry.interpolate(before[1], after[1], fraction)
+        near = [s for s in (before, after) if s is not None]
+        nearest = min(near, key=lambda s: abs(s[0] - stamp_ns), default=None)
+        if nearest is None or abs(nearest[0] - stamp_ns) > tolerance_ns:
+            return None
+        return nearest[1]
+
+    # Frames ---------------------------------------------------------------------------
+
+    def process(self, rgb: np.ndarray, stamp_ns: int, use_odometry: bool) -> Estimate:
+        """Run one frame; raises :class:`StampError` for a repeated stamp."""
+        events: list[tuple[str, str]] = []
+        restart = self._check_time(stamp_ns, events)
+        dt = None
+        if self._last_stamp_ns is not None:
+            dt = (stamp_ns - self._last_stamp_ns) * 1e-9
+
+        motion = None
+        if use_odometry:
+            base = self.odometry_at(stamp_ns)
+            if base is None:
+                # The next frame's motion would otherwise span two frames.
+                self._camera_motion.reset()
+                events.append(
+                    (
+                        "no_odometry",
+                        f"no odometry within {self.config.odom_tolerance_s:.3f} s of the "
+                        "image stamp; this frame runs without it",
+                    )
+                )
+            else:
+                motion = self._camera_motion.update(base)
+
+        result = self.runtime.step(rgb, odom_motion=motion, dt=dt)
+        base_in_start = geometry.compose(
+            geometry.compose(self.config.base_to_camera, result.pose), self._camera_to_base
+        )
+        pose = geometry.compose(self._anchor, base_in_start)
+
+        motion_cov = self._base_from_optical @ np.diag(np.exp(result.log_var))
+        motion_cov = motion_cov @ self._base_from_optical.T  # in base axes
+        to_odom = _rotation_block(geometry.quat_to_matrix(pose[3:]))
+        self._covariance = self._covariance + to_odom @ motion_cov @ to_odom.T
+
+        twist = None
+        twist_cov = np.zeros((6, 6))
+        if dt is not None and self.last_pose is not None and restart is None:
+            step = geometry.relative(self.last_pose, pose)
+            twist = np.concatenate([step[:3], geometry.quat_to_rotvec(step[3:])]) / dt
+            twist_cov = motion_cov / (dt * dt)
+
+        sigma = float(np.sqrt(np.mean(np.exp(result.log_var[:3]))))
+        self._update_tracking(sigma, stamp_ns)
+        pose_cov, twist_cov = self._covariance, twist_cov
+        if self.tracking is TrackingState.LOST:
+            pose_cov = twist_cov = np.eye(6) * LOST_VARIANCE
+
+        estimate = Estimate(
+            stamp_ns=stamp_ns,
+            pose=pose,
+            pose_covariance=pose_cov.reshape(36).copy(),
+            twist=twist,
+            twist_covariance=twist_cov.reshape(36).copy(),
+            tracking=self.tracking,
+            sigma_m=sigma,
+            step_ms=result.step_ms,
+            odometry_used=motion is not None,
+            events=events,
+            restart=restart,
+        )
+        self._base_in_start, self.last_pose, self._last_stamp_ns = base_in_start, pose, stamp_ns
+        if self._lost_too_long(stamp_ns):
+            lost_for = (stamp_ns - (self._lost_since_ns or stamp_ns)) * 1e-9
+            events.append(
+                ("lost_reset", f"tracking lost for {lost_for:.1f} s: the memory restarts")
+            )
+            self._restart_memory()
+        return estimate
+
+    def _check_time(self, stamp_ns: int, events: list[tuple[str, str]]) -> str | None:
+        if self._last_stamp_ns is None:
+            return None
+        dt = (stamp_ns - self._last_stamp_ns) * 1e-9
+        if dt == 0.0:
+            raise StampError("stamp equal to the previous frame's (a duplicate frame)")
+        if dt < 0.0:
+            events.append(
+                (
+                    "time_backwards",
+                    f"image stamp went back by {-dt:.3f} s (a bag loop?): memory, pose "
+                    "and path reset",
+                )
+            )
+            self.reset()
+            return "full"
+        if self.config.max_gap_s > 0 and dt > self.config.max_gap_s:
+            events.append(
+                (
+                    "gap",
+                    f"{dt:.3f} s since the previous frame (max_gap_s "
+                    f"{self.config.max_gap_s:g}): the memory restarts, the pose continues",
+                )
+            )
+            self._restart_memory()
+            return "memory"
+        if len(self._dts) >= 5 and self.config.jitter_warn_s > 0:
+            typical = float(np.median(self._dts))
+            if abs(dt - typical) > self.config.jitter_warn_s:
+                events.append(
+                    (
+                        "jitter",
+                        f"frame interval {dt * 1e3:.1f} ms, typically {typical * 1e3:.1f} ms",
+                    )
+                )
+        self._dts.append(dt)
+        return None
+
+    def _update_tracking(self, sigma: float, stamp_ns: int) -> None:
+        if sigma >= self.config.lost_sigma_m:
+            self.tracking = TrackingState.LOST
+            if self._lost_since_ns is None:
+                self._lost_since_ns = stamp_ns
+            return
+        self._lost_since_ns = None
+        uncertain = sigma >= self.config.uncertain_sigma_m
+        self.tracking = TrackingState.UNCERTAIN if uncertain else TrackingState.OK
+
+    def _lost_too_long(self, stamp_ns: int) -> bool:
+        return (
+            self._lost_since_ns is not None
+            and self.config.lost_reset_s > 0
+            and (stamp_ns - self._lost_since_ns) * 1e-9 >= self.config.lost_reset_s
+        )
+
+    # Snapshots ------------------------------------------------------------------------
+
+    @property
+    def model_sha256(self) -> str:
+        return self.runtime.spec.sha256[STEP_FILE]
+
+    def save_snapshot(self, path: Path | str) -> Path:
+        """Write the memory and the output anchor to ``path`` atomically (a temporary file
+        in the same directory, fsynced, then renamed over it)."""
+        path = Path(path).expanduser()
+        meta = {
+            "format": SNAPSHOT_FORMAT,
+            "model": self.runtime.spec.name,
+            "model_sha256": self.model_sha256,
+            "frames": self.runtime.frames,
+        }
+        arrays = {f"state.{k}": v for k, v in self.runtime.state.items()}
+        arrays["anchor"] = self._anchor
+        arrays["covariance"] = self._covariance
+        if self._base_in_start is not None:
+            arrays["base_in_start"] = self._base_in_start
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        except OSError as err:
+            raise SnapshotError(f"cannot write the snapshot {path}: {err}") from err
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            Path(tmp).unlink(missing_ok=True)
+            raise SnapshotError(f"cannot write the snapshot {path}: {err}") from err
+        return path
+
+    def load_snapshot(self, path: Path | str) -> dict:
+        """Restore a snapshot written by :meth:`save_snapshot` for this same model; the
+        next frame continues the memory and the pose (without a motion from the frame
+        before the snapshot). Raises :class:`SnapshotError` naming the problem; on error
+        nothing changes."""
+        path = Path(path).expanduser()
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+            meta = json.loads(str(arrays.pop("meta")))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise SnapshotError(f"cannot read the snapshot {path}: {err}") from err
+        if meta.get("format") != SNAPSHOT_FORMAT:
+            raise SnapshotError(
+                f"{path}: format {meta.get('format')!r}, expected {SNAPSHOT_FORMAT!r}"
+            )
+        if meta.get("model_sha256") != self.model_sha256:
+            raise SnapshotError(
+                f"{path} was written by model '{meta.get('model')}' (step.onnx sha256 "
+                f"{str(meta.get('model_sha256'))[:12]}…); this node runs "
+                f"'{self.runtime.spec.name}' (sha256 {self.model_sha256[:12]}…): refused"
+            )
+        missing = {"anchor", "covariance"} - set(arrays)
+        if missing:
+            raise SnapshotError(f"{path}: arrays {sorted(missing)} missing")
+        state = {k.removeprefix("state."): v for k, v in arrays.items() if k.startswith("state.")}
+        try:
+            self.runtime.restore(state, frames=int(meta.get("frames", 0)))
+        except ModelError as err:
+            raise SnapshotError(f"{path}: {err}") from err
+        self._restart_time()
+        self._anchor = arrays["anchor"]
+        self._covariance = arrays["covariance"]
+        self._base_in_start = arrays.get("base_in_start")
+        if self._base_in_start is not None:
+            self.last_pose = geometry.compose(self._anchor, self._base_in_start)
+        return meta
+
+    def _restart_time(self) -> None:
+        """The next frame starts a new chain of time steps and odometry motions."""
+        self._last_stamp_ns: int | None = None
+        self._dts: deque[float] = deque(maxlen=DT_HISTORY)
+        self._camera_motion.reset()
+        self.tracking = TrackingState.OK
+        self._lost_since_ns: int | None = None
