@@ -177,7 +177,8 @@ def score(run: BagRun, mount: np.ndarray, collected: dict[str, Any], out: Path) 
     diagnostics: dict[str, str] = collected["diagnostics"]
     assert run.gt is not None
     stamps = np.array(sorted(poses))
-    est = np.stack([poses[s] for s in stamps])
+    # The node publishes the base (REP 105); the ground truth is the camera's.
+    est = odometry_camera_poses(np.stack([poses[s] for s in stamps]), mount)
     odom_base = run.odom_at(run.image_stamps)
     trips = np.asarray(stats.round_trip_ms) if stats.round_trip_ms else np.array([np.nan])
     metrics: dict[str, Any] = {

@@ -310,7 +310,10 @@ def compressed_msg_to_rgb(
         )
     # UNCHANGED keeps 16-bit depth (scaled with rounding below, as for mono16) and
     # ignores EXIF orientation: a rotated frame would no longer match its camera_info.
-    decoded = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
+    try:
+        decoded = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # e.g. a header claiming more pixels than OpenCV allows
+        raise FrameError(f"cannot decode the {payload.size}-byte {codec} payload: {err}") from err
     if decoded is None:
         raise FrameError(f"cannot decode the {payload.size}-byte {codec} payload")
     if decoded.dtype == np.uint16:
@@ -397,8 +400,8 @@ def check_camera_info(
         coefficients = ", ".join(f"{v:g}" for v in d)
         problems.append(
             f"non-zero {info.distortion_model or 'distortion'} coefficients d=[{coefficients}]: "
-            "the model assumes rectified images; feed it image_rect (image_proc), whose "
-            "pixels follow p rather than k"
+            "the model assumes rectified images (image_rect from image_proc, not "
+            "image_raw); rectified pixels follow p, not k"
         )
     return problems
 
@@ -438,8 +441,8 @@ class FieldOfViewAdapter:
     scaled. Target pixel (u, v) samples the source at ``u_s = fx_s / fx_t * (u - cx_t)
     + cx_s`` (likewise v), one ``cv2.warpAffine``. Bilinear sampling aliases when it
     skips source pixels, and warpAffine has no area interpolation, so a source more than
-    2x denser than the target is first area-resized to about 2x. Target pixels the camera
-    does not see are black.
+    2x denser than the target is first area-resized to about 2x (only the part of the
+    frame the target sees). Target pixels the camera does not see are black.
 
     ``source`` and ``target`` are ``(width, height, fx, fy, cx, cy)``, the target being
     the model's input size and intrinsics. Raises ValueError for unusable values.
@@ -470,20 +473,28 @@ class FieldOfViewAdapter:
         """True when the mapping is a plain resize of the whole image (same field of
         view): callers may skip :meth:`apply` for ``cv2.resize(..., INTER_AREA)``."""
 
-        # Area-resize to ~2 source pixels per target pixel along each axis that is denser.
-        size = [src.width, src.height]
-        for axis in (0, 1):
-            if scale[axis] > 2:
-                size[axis] = max(1, round(size[axis] * 2 / scale[axis]))
-        self._prescale = None if size == [src.width, src.height] else (size[0], size[1])
-        # Pixel-centre aligned resize: u' = (u + 0.5) * s - 0.5.
-        shrink = (size[0] / src.width, size[1] / src.height)
-        self._matrix = np.array(
-            [
-                [scale[0] * shrink[0], 0.0, (offset[0] + 0.5) * shrink[0] - 0.5],
-                [0.0, scale[1] * shrink[1], (offset[1] + 0.5) * shrink[1] - 0.5],
-            ]
-        )
+        # Only the part of the frame the target samples is resized (area resizing costs
+        # more than the warp): the target image's footprint with a target pixel and a
+        # source pixel or two of margin for the filters, clipped to the frame (and at
+        # least one pixel wide where the camera sees none of the target).
+        crop, size, matrix = [], [], []
+        for a, b, src_size, dst_size in (
+            (scale[0], offset[0], src.width, dst.width),
+            (scale[1], offset[1], src.height, dst.height),
+        ):
+            first = min(max(math.floor(b - 1.5 * a) - 1, 0), src_size - 1)
+            stop = max(min(math.ceil(b + a * (dst_size + 0.5)) + 2, src_size), first + 1)
+            crop.append(slice(first, stop))
+            # Area-resize to ~2 source pixels per target pixel where the source is denser.
+            length = stop - first
+            size.append(max(1, round(length * 2 / a)) if a > 2 else length)
+            # Pixel-centre aligned resize: u' = (u + 0.5) * shrink - 0.5.
+            shrink = size[-1] / length
+            matrix.append((a * shrink, (b - first + 0.5) * shrink - 0.5))
+        self._crop = (crop[1], crop[0])
+        self._prescale = None if size == [c.stop - c.start for c in crop] else (size[0], size[1])
+        (ax, bx), (ay, by) = matrix
+        self._matrix = np.array([[ax, 0.0, bx], [0.0, ay, by]])
 
     @classmethod
     def from_camera_info(
@@ -502,6 +513,8 @@ class FieldOfViewAdapter:
         ``p`` does, since image_proc rectifies to the projection matrix.
         """
         m = [float(v) for v in (info.p if rectified else info.k)]
+        if len(m) != (12 if rectified else 9):
+            raise ValueError(f"source camera: {'p' if rectified else 'k'} has {len(m)} values")
         fx, fy, cx, cy = (m[0], m[5], m[2], m[6]) if rectified else (m[0], m[4], m[2], m[5])
         return cls(
             (info.width, info.height, fx, fy, cx, cy),
@@ -509,7 +522,8 @@ class FieldOfViewAdapter:
         )
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:
-        """The (target height, target width, C) view of a (source height, width, C) frame.
+        """What the model's camera would see: (target height, target width, 3) from an
+        (source height, source width, 3) frame, same dtype.
 
         Raises :class:`FrameError` for a frame of another size than the source camera's.
         """
@@ -519,6 +533,7 @@ class FieldOfViewAdapter:
                 f"frame is {rgb.shape[1]}x{rgb.shape[0]}, the camera's intrinsics are for "
                 f"{src.width}x{src.height}"
             )
+        rgb = rgb[self._crop]
         if self._prescale is not None:
             rgb = cv2.resize(rgb, self._prescale, interpolation=cv2.INTER_AREA)
         # Replicating the border fills the half pixel between the outer pixel centres and
@@ -539,15 +554,14 @@ class FieldOfViewAdapter:
 
     def describe(self) -> str:
         """One line for the log: both cameras and what the adapter does to the frames."""
+        # Rounded down: "100%" only when no pixel is black.
+        coverage = f"coverage {math.floor(self.coverage * 100 + 1e-9)}%"
         if self.is_identity_scale:
-            verdict = "same field of view, a plain resize (coverage 100%)"
+            verdict = f"same field of view, a plain resize ({coverage})"
         elif self.coverage >= 1:
-            verdict = "cropping to the model's field of view (coverage 100%)"
+            verdict = f"cropping to the model's field of view ({coverage})"
         else:
-            percent = math.floor(self.coverage * 100)
-            verdict = (
-                f"the camera sees less than the model (coverage {percent}%); borders are black"
-            )
+            verdict = f"the camera sees less than the model ({coverage}); borders are black"
         return f"camera {self.source} -> model {self.target}: {verdict}"
 
 

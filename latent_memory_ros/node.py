@@ -723,13 +723,16 @@ class LocalisationCore:
         if key != self._adapter_key:
             self._adapter_key = key
             self._adapter = None
-            if info.width == width and info.height == height and info.k[0] > 0:
-                runtime = self.localizer.runtime
-                w, h, intrinsics = runtime.input_camera
-                adapter = images.FieldOfViewAdapter.from_camera_info(info, w, h, intrinsics)
-                if not adapter.is_identity_scale:
-                    self._adapter = adapter
-                    self._log().warning(f"camera_info: {adapter.describe()}")
+            if info.width == width and info.height == height:
+                w, h, intrinsics = self.localizer.runtime.input_camera
+                try:
+                    adapter = images.FieldOfViewAdapter.from_camera_info(info, w, h, intrinsics)
+                except ValueError as err:  # check_camera_info has said what is wrong
+                    self._warn_once(f"adapter {err}", f"camera_info not used: {err}")
+                else:
+                    if not adapter.is_identity_scale:
+                        self._adapter = adapter
+                        self._log().warning(f"camera_info: {adapter.describe()}")
         return self._adapter.apply(rgb) if self._adapter is not None else rgb
 
     def _resolve_extrinsic(self, image_frame_id: str) -> None:
@@ -935,7 +938,10 @@ class LocalisationCore:
             response.message = f"memory loaded from {Path(self._snapshot_path).expanduser()} ({meta['frames']} frames)"
         except SnapshotError as err:
             response.success, response.message = False, str(err)
-        (self._log().info if response.success else self._log().error)(response.message)
+        if response.success:
+            self._log().info(response.message)
+        else:
+            self._log().error(response.message)
         return response
 
 

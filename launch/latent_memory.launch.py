@@ -95,6 +95,8 @@ def parameter_value(spec: Any, text: str) -> Any:
                 if any(isinstance(item, bool) for item in items):
                     raise ValueError(text)
                 return [float(item) for item in items]
+            if any(isinstance(item, (list, dict)) or item is None for item in items):
+                raise ValueError(text)
             return [str(item).strip() for item in items]
         return text
     except (ValueError, TypeError, yaml.YAMLError) as err:

@@ -71,8 +71,14 @@ def start_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
     started: list[NodeProcess] = []
     logs = tmp_path_factory.mktemp("node_logs")
 
-    def start(ros_args: Sequence[str] = (), **params: object) -> NodeProcess:
-        args = [sys.executable, "-m", "latent_memory_ros.node", "--ros-args", *ros_args]
+    def start(
+        ros_args: Sequence[str] = (),
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        **params: object,
+    ) -> NodeProcess:
+        """``args`` go before ``--ros-args`` (``--lifecycle``); ``env`` adds variables."""
+        args = [sys.executable, "-m", "latent_memory_ros.node", *args, "--ros-args", *ros_args]
         for name, value in params.items():
             text = str(value).lower() if isinstance(value, bool) else str(value)
             args += ["-p", f"{name}:={text}"]
@@ -81,7 +87,7 @@ def start_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
             process = subprocess.Popen(
                 args,
                 cwd=REPO,
-                env=node_environment(),
+                env=node_environment() | (env or {}),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

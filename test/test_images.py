@@ -5,6 +5,8 @@ field-of-view adapter against rendering with the model's own intrinsics."""
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from types import SimpleNamespace
 
 import cv2
@@ -313,14 +315,23 @@ def test_png_decodes_exactly(fmt: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "fmt", ["jpeg", "jpg", "JPEG", "bgr8; jpeg compressed bgr8", "rgb8; jpeg compressed bgr8", ""]
+    "fmt",
+    [
+        "jpeg",
+        "jpg",
+        "JPEG",
+        "image/jpeg",
+        "bgr8; jpeg compressed bgr8",
+        "rgb8; jpeg compressed bgr8",
+        "",
+    ],
 )
 def test_jpeg_decodes_close_to_the_original(fmt: str) -> None:
     rgb = smooth_rgb(32, 48)
     data = encode(rgb, ".jpg", cv2.IMWRITE_JPEG_QUALITY, 95)
     decoded = compressed_msg_to_rgb(compressed(data, fmt), width=48, height=32)
     assert decoded.shape == (32, 48, 3)
-    # Colours come back in RGB order: a BGR mix-up would be off by ~100 in R and B.
+    # Colours come back in RGB order: here R and B differ by ~60 on average.
     assert np.abs(decoded.astype(int) - rgb).mean() < 3
 
 
@@ -386,6 +397,23 @@ def test_bad_compressed_frames_raise_frame_error_saying_why(
 ) -> None:
     with pytest.raises(FrameError, match=message):
         compressed_msg_to_rgb(compressed(data, fmt))
+
+
+def test_a_png_claiming_too_many_pixels_is_refused() -> None:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)  # 30 GB of RGB
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(100)))
+        + chunk(b"IEND", b"")
+    )
+    with pytest.raises(FrameError, match="cannot decode the 69-byte png payload"):
+        compressed_msg_to_rgb(compressed(bomb, "png"))
 
 
 def test_compressed_size_must_match_a_declared_one() -> None:
@@ -492,9 +520,8 @@ def interior_error(got: np.ndarray, want: np.ndarray, rows: slice, cols: slice) 
 @pytest.mark.parametrize(
     "camera",
     [
-        PinholeCamera(
-            640, 480, 500.0, 500.0, 331.2, 228.7
-        ),  # wider, off-centre: area-resized first
+        # Wider and off-centre; 4.8x denser, so area-resized first.
+        PinholeCamera(640, 480, 500.0, 500.0, 331.2, 228.7),
         PinholeCamera(640, 480, 500.0, 450.0, 320.0, 240.0),  # non-square pixels
         PinholeCamera(1280, 720, 700.0, 700.0, 640.0, 360.0),  # 16:9, 6.7x denser
         PinholeCamera(200, 150, 150.0, 150.0, 100.0, 74.0),  # < 2x denser: warped directly

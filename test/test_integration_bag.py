@@ -19,6 +19,7 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from std_srvs.srv import Trigger
 
+from latent_memory_ros import geometry
 from latent_memory_ros.bag import read_run
 from latent_memory_ros.replay import BagPlayer
 from latent_memory_ros.runtime import StudentRuntime
@@ -106,10 +107,13 @@ def test_bag_replay_gives_every_frame_its_pose_and_reset_repeats_it(
     image_stamps = np.round(read_run(bag, "/camera/image_raw").image_stamps * 1e9).astype(np.int64)
     first = client.replay(bag, node)
     assert [_stamp_ns(m) for m in first] == image_stamps.tolist()
-    assert {m.header.frame_id for m in first} == {"latent_memory_start"}
+    assert {m.header.frame_id for m in first} == {"odom"}
 
-    expected = _offline_poses(model_dir, bag)
-    got = np.array([_pose(m) for m in first])
+    # The node publishes the base in the odom frame (the base at the first frame); the
+    # runtime gives the camera in the first camera frame.
+    mount = read_run(bag, "/camera/image_raw").base_to_camera
+    expected = geometry.compose(mount, _offline_poses(model_dir, bag))
+    got = geometry.compose(np.array([_pose(m) for m in first]), mount)
     np.testing.assert_allclose(got[:, :3], expected[:, :3], atol=1e-4)
     # Quaternions q and -q are the same rotation.
     dots = np.abs(np.sum(got[:, 3:] * expected[:, 3:], axis=1))
@@ -123,4 +127,5 @@ def test_bag_replay_gives_every_frame_its_pose_and_reset_repeats_it(
     assert future.result().success
 
     second = client.replay(bag, node)
-    np.testing.assert_allclose(np.array([_pose(m) for m in second]), got, atol=1e-6)
+    again = geometry.compose(np.array([_pose(m) for m in second]), mount)
+    np.testing.assert_allclose(again, got, atol=1e-6)

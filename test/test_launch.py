@@ -1,7 +1,9 @@
 """The package's wiring agrees with itself: launch file, setup.py, package.xml, config, node.
 
 ``ros2 launch`` and ``colcon build`` are not available everywhere the tests run, so most
-checks read the files; the launch description itself is loaded where ``launch`` imports.
+checks read the files, and the launch file is run against a small fake of the ``launch`` /
+``launch_ros`` API (:func:`fake_launch`) that records what it declares and starts; the
+real launch description is loaded too where ``launch`` imports.
 """
 
 from __future__ import annotations
@@ -9,8 +11,13 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 import runpy
+import sys
+import tempfile
+import types
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +26,19 @@ import setuptools
 import yaml
 
 import latent_memory_ros
-from latent_memory_ros.node import NODE_NAME, PARAMETERS
+from latent_memory_ros.node import LIFECYCLE_NODE_NAME, NODE_NAME, PARAMETERS
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO / "launch" / "latent_memory.launch.py"
 PACKAGE = "latent_memory_ros"
 SHARE = f"share/{PACKAGE}"
-LAUNCH_ARGUMENTS = {"model_dir", "image_topic", "odom_topic", "params_file", "use_sim_time", "rviz"}
+NODE_SOURCE = REPO / "latent_memory_ros" / "node.py"
+SHIPPED_PARAMS = str(REPO / "config" / "latent_memory.yaml")
+SHIPPED_RVIZ = str(REPO / "config" / "latent_memory.rviz")
+# Arguments of the launch file itself; every node parameter is one too.
+LAUNCH_ARGUMENTS = {"params_file", "use_sim_time", "lifecycle", "namespace", "rviz"}
+BOOLEAN = ["true", "false"]
+SPECS = {p.name: p for p in PARAMETERS}
 
 
 @pytest.fixture
@@ -78,7 +91,157 @@ def config_parameters() -> dict[str, Any]:
     return document["/**"]["ros__parameters"]
 
 
-def test_launch_file_starts_the_installed_node_with_the_installed_config(
+def load_launch_module() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("latent_memory_launch", LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def console_scripts(setup_kwargs: dict[str, Any]) -> dict[str, str]:
+    return dict(
+        s.replace(" ", "").split("=") for s in setup_kwargs["entry_points"]["console_scripts"]
+    )
+
+
+# A fake of the part of the launch / launch_ros API the launch file uses. It checks what
+# the real one checks where that matters (a default outside the choices, a value outside
+# them, an undeclared argument) and records everything else.
+
+
+class FakeDeclareLaunchArgument:
+    def __init__(
+        self,
+        name: str,
+        *,
+        default_value: Any = None,
+        description: str | None = None,
+        choices: list[str] | None = None,
+    ) -> None:
+        if choices is not None:
+            if not choices:
+                raise RuntimeError("Provided choices arg is empty.")
+            # launch checks a plain default against the choices when the argument is declared
+            if isinstance(default_value, str) and default_value not in choices:
+                raise RuntimeError(f"default {default_value!r} of {name} is not in {choices}")
+        self.name = name
+        self.default_value = default_value
+        self.description = description
+        self.choices = choices
+
+
+class FakeLaunchDescription:
+    def __init__(self, entities: list[Any]) -> None:
+        self.entities = list(entities)
+
+    def get_launch_arguments(self) -> list[FakeDeclareLaunchArgument]:
+        return [e for e in self.entities if isinstance(e, FakeDeclareLaunchArgument)]
+
+
+class FakeOpaqueFunction:
+    def __init__(self, *, function: Callable[..., Any]) -> None:
+        self.function = function
+
+    def execute(self, context: Any) -> Any:
+        return self.function(context)
+
+
+class FakeLaunchConfiguration:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def perform(self, context: Any) -> str:
+        return context.launch_configurations[self.name]
+
+
+class FakePathJoinSubstitution:
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+
+class FakeFindPackageShare:
+    def __init__(self, package: str) -> None:
+        self.package = package
+
+    def perform(self, context: Any) -> str:
+        assert self.package == PACKAGE
+        return str(REPO)  # the installed share has the source tree's config/ layout
+
+
+class FakeNode:
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+
+class FakeParameterValue:
+    def __init__(self, value: Any, *, value_type: Any = None) -> None:
+        self.value = value
+        self.value_type = value_type
+
+
+class FakeLaunch:
+    """The launch file's description under the fake API, and :meth:`run` to launch it."""
+
+    def __init__(self, module: types.ModuleType) -> None:
+        self.module = module
+        self.description = module.generate_launch_description()
+        self.arguments = {a.name: a for a in self.description.get_launch_arguments()}
+
+    def run(self, **given: str) -> list[FakeNode]:
+        """The actions started with the arguments ``given`` (name:=value on the command line)."""
+        assert set(given) <= set(self.arguments), "undeclared arguments"
+        context = types.SimpleNamespace(launch_configurations={"params_file": SHIPPED_PARAMS})
+        for name, argument in self.arguments.items():
+            value = given.get(name, context.launch_configurations.get(name))
+            value = argument.default_value if value is None else value
+            assert isinstance(value, str), name
+            if argument.choices is not None and value not in argument.choices:
+                raise RuntimeError(f"{name}:={value} is not one of {argument.choices}")
+            context.launch_configurations[name] = value
+        opaque = [e for e in self.description.entities if isinstance(e, FakeOpaqueFunction)]
+        return [action for e in opaque for action in e.execute(context) or []]
+
+    def node(self, **given: str) -> FakeNode:
+        nodes = [n for n in self.run(**given) if n.kwargs["package"] == PACKAGE]
+        assert len(nodes) == 1
+        return nodes[0]
+
+    def overrides(self, **given: str) -> dict[str, Any]:
+        params_file, overrides = self.node(**given).kwargs["parameters"]
+        assert params_file == SHIPPED_PARAMS
+        return overrides
+
+
+@pytest.fixture
+def fake_launch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeLaunch:
+    modules = {
+        "launch": {"LaunchDescription": FakeLaunchDescription},
+        "launch.actions": {
+            "DeclareLaunchArgument": FakeDeclareLaunchArgument,
+            "OpaqueFunction": FakeOpaqueFunction,
+        },
+        "launch.substitutions": {
+            "LaunchConfiguration": FakeLaunchConfiguration,
+            "PathJoinSubstitution": FakePathJoinSubstitution,
+        },
+        "launch_ros": {},
+        "launch_ros.actions": {"Node": FakeNode},
+        "launch_ros.substitutions": {"FindPackageShare": FakeFindPackageShare},
+        "launch_ros.parameter_descriptions": {"ParameterValue": FakeParameterValue},
+    }
+    for name, attributes in modules.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attributes)
+        monkeypatch.setitem(sys.modules, name, module)
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+    # RViz configs the launch file writes land here.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return FakeLaunch(load_launch_module())
+
+
+def test_launch_file_starts_the_installed_executables_with_the_installed_config(
     launch_source: tuple[dict[str, Any], list[ast.Call]], setup_kwargs: dict[str, Any]
 ) -> None:
     constants, calls = launch_source
@@ -87,70 +250,234 @@ def test_launch_file_starts_the_installed_node_with_the_installed_config(
         for c in calls
         if call_name(c) == "Node" and keyword_value(c, "package", constants) == PACKAGE
     ]
-    assert len(nodes) == 1
-    node = nodes[0]
-    assert setup_kwargs["name"] == PACKAGE
-    scripts = dict(
-        s.replace(" ", "").split("=") for s in setup_kwargs["entry_points"]["console_scripts"]
-    )
-    assert scripts[keyword_value(node, "executable", constants)] == "latent_memory_ros.node:main"
-    assert keyword_value(node, "name", constants) == NODE_NAME
+    assert len(nodes) == 1, "one Node action starts either variant"
+    assert setup_kwargs["name"] == constants["PACKAGE"] == PACKAGE
+    scripts = console_scripts(setup_kwargs)
+    assert scripts[constants["EXECUTABLE"]] == "latent_memory_ros.node:main"
+    assert scripts[constants["LIFECYCLE_EXECUTABLE"]] == "latent_memory_ros.node:lifecycle_main"
+    assert constants["NODE_NAME"] == NODE_NAME
+    assert constants["LIFECYCLE_NODE_NAME"] == LIFECYCLE_NODE_NAME
 
     params_file = "/".join(constants["PARAMS_FILE"])
     rviz_config = "/".join(constants["RVIZ_CONFIG"])
     for relative in (params_file, rviz_config):
         assert (REPO / relative).is_file()
         assert relative in installed(setup_kwargs, f"{SHARE}/config")
-    assert set(constants["OPTIONAL_OVERRIDES"]) <= set(config_parameters())
 
 
-def test_launch_arguments_are_declared_with_descriptions(
+def test_launch_file_imports_launch_lazily(
     launch_source: tuple[dict[str, Any], list[ast.Call]],
 ) -> None:
     constants, calls = launch_source
-    declared = {
-        ast.literal_eval(c.args[0]): c for c in calls if call_name(c) == "DeclareLaunchArgument"
-    }
-    assert set(declared) == LAUNCH_ARGUMENTS
-    for name, call in declared.items():
-        assert keyword_value(call, "description", constants), f"{name} has no description"
-    for name in ("use_sim_time", "rviz"):
-        assert keyword_value(declared[name], "choices", constants) == ["true", "false"]
-    # launch is imported lazily, so the file loads (and can be checked) without ROS.
+    # launch, launch_ros and the node (rclpy) are imported on use, so the file loads (and
+    # can be checked) without ROS.
     tree = ast.parse(LAUNCH_FILE.read_text())
     top_level_imports = [s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))]
-    assert all(
-        not (getattr(s, "module", None) or "").startswith("launch") for s in top_level_imports
+    modules = [
+        name
+        for s in top_level_imports
+        for name in (
+            [s.module or ""] if isinstance(s, ast.ImportFrom) else [a.name for a in s.names]
+        )
+    ]
+    assert not [m for m in modules if m.startswith(("launch", "latent_memory_ros", "rclpy"))]
+    module = load_launch_module()
+    assert module.NODE_NAME == NODE_NAME
+    # The arguments the file declares by name; the node's come from PARAMETERS in a loop.
+    literal = {
+        ast.literal_eval(c.args[0])
+        for c in calls
+        if call_name(c) == "DeclareLaunchArgument" and isinstance(c.args[0], ast.Constant)
+    }
+    assert literal == set(constants["LAUNCH_ARGUMENTS"]) == LAUNCH_ARGUMENTS
+
+
+def test_every_node_parameter_is_a_launch_argument_described_by_the_node(
+    fake_launch: FakeLaunch,
+) -> None:
+    arguments = fake_launch.arguments
+    assert len(fake_launch.description.get_launch_arguments()) == len(arguments)
+    assert not LAUNCH_ARGUMENTS & set(SPECS), "a launch argument shadows a parameter"
+    assert set(arguments) == set(SPECS) | LAUNCH_ARGUMENTS
+    for spec in PARAMETERS:
+        argument = arguments[spec.name]
+        # Empty keeps params_file's value, so a custom params_file is not overwritten.
+        assert argument.default_value == "", spec.name
+        assert argument.description.startswith(spec.description), spec.name
+        assert "params_file" in argument.description
+        if isinstance(spec.default, bool):
+            expected_choices = ["", *BOOLEAN]
+        elif spec.choices:
+            expected_choices = ["", *spec.choices]
+        else:
+            expected_choices = None
+        # The real launch refuses a default outside the choices, hence "" among them.
+        assert argument.choices == expected_choices, spec.name
+    for name in LAUNCH_ARGUMENTS:
+        assert arguments[name].description.strip(), f"{name} has no description"
+    for name in ("use_sim_time", "lifecycle", "rviz"):
+        assert arguments[name].choices == BOOLEAN
+        assert arguments[name].default_value == "false"
+    for name in ("publish_tf", "image_qos", "image_transport"):
+        assert arguments[name].choices, name
+    assert "ros2 lifecycle set" in arguments["lifecycle"].description
+    assert arguments["params_file"].default_value.parts[1:] == ["config", "latent_memory.yaml"]
+
+
+def test_defaults_start_the_plain_node_with_params_file_alone(fake_launch: FakeLaunch) -> None:
+    nodes = fake_launch.run()
+    assert len(nodes) == 1, "no RViz by default"
+    node = nodes[0].kwargs
+    assert (node["package"], node["executable"], node["name"]) == (
+        PACKAGE,
+        "latent_memory_node",
+        NODE_NAME,
     )
+    assert node["namespace"] is None
+    assert node["parameters"] == [SHIPPED_PARAMS, {"use_sim_time": False}]
+    overrides = fake_launch.overrides(use_sim_time="true")
+    assert overrides == {"use_sim_time": True}
 
 
-def test_launch_description_loads_where_launch_is_installed(tmp_path: Path) -> None:
+def test_lifecycle_starts_the_lifecycle_executable(
+    fake_launch: FakeLaunch, setup_kwargs: dict[str, Any]
+) -> None:
+    node = fake_launch.node(lifecycle="true", publish_tf="false").kwargs
+    assert node["executable"] == "latent_memory_lifecycle_node"
+    assert console_scripts(setup_kwargs)[node["executable"]] == (
+        "latent_memory_ros.node:lifecycle_main"
+    )
+    assert node["name"] == LIFECYCLE_NODE_NAME
+    assert node["parameters"][1] == {"use_sim_time": False, "publish_tf": False}
+    with pytest.raises(RuntimeError, match="lifecycle"):
+        fake_launch.run(lifecycle="yes")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("publish_tf", "false", False),
+        ("use_camera_info", "true", True),
+        ("path_max_length", "10", 10),
+        ("intra_op_threads", "4", 4),
+        ("lost_sigma_m", "0.1", 0.1),
+        ("max_gap_s", "2", 2.0),  # a double, or the node refuses it
+        ("providers", "[CPUExecutionProvider]", ["CPUExecutionProvider"]),
+        (
+            "providers",
+            "CUDAExecutionProvider,CPUExecutionProvider",
+            ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        ),
+        (
+            "base_to_camera",
+            "[0.1, 0, 0.5, -0.5, 0.5, -0.5, 0.5]",
+            [0.1, 0.0, 0.5, -0.5, 0.5, -0.5, 0.5],
+        ),
+        ("base_to_camera", "0,0,1,0,0,0,1", [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]),
+        ("image_qos", "reliable", "reliable"),
+        ("image_topic", "/camera/color/image_raw", "/camera/color/image_raw"),
+        ("camera_frame", "1.5", "1.5"),  # a string, though it reads as a number
+    ],
+)
+def test_given_arguments_override_params_file_with_the_parameter_type(
+    fake_launch: FakeLaunch, name: str, text: str, expected: Any
+) -> None:
+    overrides = fake_launch.overrides(**{name: text})
+    assert set(overrides) == {"use_sim_time", name}
+    value = overrides[name]
+    if isinstance(expected, str):
+        # launch_ros would read a plain string as YAML; a typed ParameterValue keeps it.
+        assert isinstance(value, FakeParameterValue) and value.value_type is str
+        value = value.value
+    assert value == expected
+    assert type(value) is type(SPECS[name].default) is type(expected)
+    if isinstance(expected, list):
+        assert [type(v) for v in value] == [type(v) for v in SPECS[name].default[:1]] * len(value)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("path_max_length", "ten"),
+        ("path_max_length", "1.5"),
+        ("lost_sigma_m", "small"),
+        ("base_to_camera", "[a, b]"),
+        ("base_to_camera", "[true]"),
+        ("providers", "[[CPUExecutionProvider]]"),
+    ],
+)
+def test_a_mistyped_argument_is_refused_by_name(
+    fake_launch: FakeLaunch, name: str, text: str
+) -> None:
+    with pytest.raises(ValueError, match=f"{name}:="):
+        fake_launch.run(**{name: text})
+
+
+def test_choices_are_enforced(fake_launch: FakeLaunch) -> None:
+    for name, text in (("publish_tf", "yes"), ("image_qos", "fast"), ("rviz", "1")):
+        with pytest.raises(RuntimeError, match=name):
+            fake_launch.run(**{name: text})
+
+
+def test_rviz_starts_with_the_installed_config(fake_launch: FakeLaunch) -> None:
+    nodes = fake_launch.run(rviz="true", use_sim_time="true")
+    assert [n.kwargs["executable"] for n in nodes] == ["latent_memory_node", "rviz2"]
+    rviz = nodes[1].kwargs
+    assert rviz["package"] == "rviz2"
+    assert rviz["arguments"] == ["-d", SHIPPED_RVIZ]
+    assert rviz["parameters"] == [{"use_sim_time": True}]
+
+
+def test_rviz_follows_a_renamed_namespaced_node_and_its_odom_frame(
+    fake_launch: FakeLaunch, tmp_path: Path
+) -> None:
+    nodes = fake_launch.run(rviz="true", lifecycle="true", namespace="/robot1", odom_frame="map")
+    assert nodes[0].kwargs["namespace"] == "robot1"
+    flag, config_path = nodes[1].kwargs["arguments"]
+    assert flag == "-d" and Path(config_path).parent == tmp_path
+    config = yaml.safe_load(Path(config_path).read_text())
+    shipped = yaml.safe_load(Path(SHIPPED_RVIZ).read_text())
+    manager = config["Visualization Manager"]
+    assert manager["Global Options"]["Fixed Frame"] == "map"
+    prefix = f"/robot1/{LIFECYCLE_NODE_NAME}/"
+    topics = [d["Topic"]["Value"] for d in manager["Displays"] if "Topic" in d]
+    shipped_topics = [
+        d["Topic"]["Value"] for d in shipped["Visualization Manager"]["Displays"] if "Topic" in d
+    ]
+    assert topics == [t.replace(f"/{NODE_NAME}/", prefix) for t in shipped_topics]
+    assert all(t.startswith(prefix) for t in topics)
+
+
+def test_launch_description_loads_where_launch_is_installed() -> None:
     pytest.importorskip("launch", reason="launch is not installed (no ROS installation)")
     pytest.importorskip("launch_ros", reason="launch_ros is not installed (no ROS installation)")
     from launch.actions import OpaqueFunction
 
     from launch import LaunchContext
 
-    spec = importlib.util.spec_from_file_location("latent_memory_launch", LAUNCH_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = module.generate_launch_description()
+    description = load_launch_module().generate_launch_description()
     arguments = {a.name: a for a in description.get_launch_arguments()}
-    assert set(arguments) == LAUNCH_ARGUMENTS
-    assert list(arguments["rviz"].choices) == ["true", "false"]
+    assert set(arguments) == set(SPECS) | LAUNCH_ARGUMENTS
+    assert list(arguments["rviz"].choices) == BOOLEAN
+    assert list(arguments["publish_tf"].choices) == ["", *BOOLEAN]
+    # launch appends the choices to the description.
+    assert arguments["image_qos"].description.startswith(SPECS["image_qos"].description)
 
-    context = LaunchContext()
-    context.launch_configurations.update(
-        model_dir="",
-        image_topic="/camera/color/image_raw",
-        odom_topic="",
-        rviz="false",
-        use_sim_time="true",
-        params_file=str(REPO / "config" / "latent_memory.yaml"),
-    )
-    opaque = [e for e in description.entities if isinstance(e, OpaqueFunction)]
-    nodes = [action for e in opaque for action in e.execute(context) or []]
-    assert [(n.node_package, n.node_executable) for n in nodes] == [(PACKAGE, "latent_memory_node")]
+    def executables(**given: str) -> list[tuple[str, str]]:
+        context = LaunchContext()
+        context.launch_configurations.update(params_file=SHIPPED_PARAMS, **given)
+        for argument in arguments.values():
+            argument.execute(context)  # the defaults, and the choices checked
+        opaque = [e for e in description.entities if isinstance(e, OpaqueFunction)]
+        nodes = [action for e in opaque for action in e.execute(context) or []]
+        return [(n.node_package, n.node_executable) for n in nodes]
+
+    assert executables(image_topic="/camera/color/image_raw", use_sim_time="true") == [
+        (PACKAGE, "latent_memory_node")
+    ]
+    assert executables(lifecycle="true", publish_tf="false", path_max_length="10") == [
+        (PACKAGE, "latent_memory_lifecycle_node")
+    ]
 
 
 def test_every_node_parameter_is_in_the_config_with_its_default() -> None:
@@ -232,16 +559,36 @@ def test_console_scripts_point_at_main_functions(setup_kwargs: dict[str, Any]) -
         assert function in functions, f"console script {name}: {target} is not defined"
 
 
-def test_rviz_config_shows_the_node_outputs_in_the_output_frame() -> None:
-    config = yaml.safe_load((REPO / "config" / "latent_memory.rviz").read_text())
+def test_rviz_config_shows_the_outputs_in_the_odom_frame() -> None:
+    config = yaml.safe_load(Path(SHIPPED_RVIZ).read_text())
     manager = config["Visualization Manager"]
-    output_frame = next(p.default for p in PARAMETERS if p.name == "output_frame")
-    assert manager["Global Options"]["Fixed Frame"] == output_frame
-    displays = {d["Class"]: d for d in manager["Displays"]}
-    topics = {cls: d["Topic"]["Value"] for cls, d in displays.items() if "Topic" in d}
-    assert topics == {
-        "rviz_default_plugins/Path": f"/{NODE_NAME}/path",
-        "rviz_default_plugins/Odometry": f"/{NODE_NAME}/odometry",
-        "rviz_default_plugins/Pose": f"/{NODE_NAME}/pose",
+    odom_frame, base_frame = SPECS["odom_frame"].default, SPECS["base_frame"].default
+    assert manager["Global Options"]["Fixed Frame"] == odom_frame
+    displays = {d["Name"]: d for d in manager["Displays"]}
+    assert len(displays) == len(manager["Displays"]), "display names are unique"
+    topics = {
+        name: (d["Class"], d["Topic"]["Value"]) for name, d in displays.items() if "Topic" in d
     }
-    assert displays["rviz_default_plugins/Odometry"]["Covariance"]["Value"] is True
+    node = f"/{NODE_NAME}"
+    assert topics == {
+        "Path": ("rviz_default_plugins/Path", f"{node}/path"),
+        "Odometry": ("rviz_default_plugins/Odometry", f"{node}/odometry"),
+        "Pose": ("rviz_default_plugins/Pose", f"{node}/pose"),
+        "Tracking state": ("rviz_default_plugins/MarkerArray", f"{node}/markers"),
+        # Query poses: issue 3 adds ~/query/markers (and ~/query/pose); until then nothing
+        # publishes it and the display just stays empty.
+        "Query poses": ("rviz_default_plugins/MarkerArray", f"{node}/query/markers"),
+    }
+    assert all(displays[name]["Enabled"] for name in topics)
+    covariance = displays["Odometry"]["Covariance"]
+    assert covariance["Value"] and covariance["Position"]["Value"]
+    assert covariance["Orientation"]["Value"]
+    tf = displays["TF"]
+    assert tf["Class"] == "rviz_default_plugins/TF" and tf["Enabled"]
+    assert {odom_frame, base_frame} <= set(tf["Frames"])
+    assert tf["Tree"] == {odom_frame: {base_frame: {}}}
+    # Every topic shown (but the query markers, still to come) is one the node publishes.
+    source = NODE_SOURCE.read_text()
+    for name, (_, topic) in topics.items():
+        if name != "Query poses":
+            assert re.search(rf"\(\w+, \"~/{topic[len(node) + 1 :]}\"", source), topic

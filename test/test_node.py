@@ -42,7 +42,6 @@ CAMERA_FRAME = "test_camera_optical"
 ODOM_FRAME = "odom"
 BASE_FRAME = "base_link"
 PATH_MAX_LENGTH = 5
-STATUS_NAME = "latent_memory_node: runtime"
 TIMEOUT_S = 20.0
 RELIABLE = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
 
@@ -80,28 +79,36 @@ def key(stamp: Time) -> tuple[int, int]:
 class Harness:
     """The test side of the wire: publishers for the node's inputs, recorders of its outputs."""
 
-    def __init__(self, node_process: NodeProcess) -> None:
+    def __init__(
+        self,
+        node_process: NodeProcess,
+        name: str = "latent_memory_node",
+        image_topic: str = IMAGE_TOPIC,
+        odom_topic: str = ODOM_TOPIC,
+    ) -> None:
         self.node_process = node_process
+        self.name = name
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        self.node = rclpy.create_node("latent_memory_test", context=self.context)
+        self.node = rclpy.create_node(f"{name}_test", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self.image_pub = self.node.create_publisher(Image, IMAGE_TOPIC, RELIABLE)
-        self.odom_pub = self.node.create_publisher(Odometry, ODOM_TOPIC, RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, image_topic, RELIABLE)
+        self.odom_pub = self.node.create_publisher(Odometry, odom_topic, RELIABLE)
         self.poses: dict[tuple[int, int], PoseStamped] = {}
         self.odometry: dict[tuple[int, int], Odometry] = {}
         self.paths: list[PathMsg] = []
         self.diagnostics: list[DiagnosticStatus] = []
+        self.diagnostics_headers: list[Time] = []
         self.pose_count = 0
         for msg_type, topic, record in (
-            (PoseStamped, "/latent_memory_node/pose", self._on_pose),
-            (Odometry, "/latent_memory_node/odometry", self._on_odometry),
-            (PathMsg, "/latent_memory_node/path", self.paths.append),
-            (DiagnosticArray, "/diagnostics", lambda m: self.diagnostics.extend(m.status)),
+            (PoseStamped, f"/{name}/pose", self._on_pose),
+            (Odometry, f"/{name}/odometry", self._on_odometry),
+            (PathMsg, f"/{name}/path", self.paths.append),
+            (DiagnosticArray, "/diagnostics", self._on_diagnostics),
         ):
             self.node.create_subscription(msg_type, topic, record, RELIABLE)
-        self.reset_client = self.node.create_client(Trigger, "/latent_memory_node/reset")
+        self.reset_client = self.node.create_client(Trigger, f"/{name}/reset")
         self.sent_good = 0
         self.sent_bad = 0
         self._clock_ns = 1_000 * 10**9 + 123_456_789
@@ -113,23 +120,29 @@ class Harness:
     def _on_odometry(self, msg: Odometry) -> None:
         self.odometry[key(msg.header.stamp)] = msg
 
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        self.diagnostics.extend(msg.status)
+        self.diagnostics_headers.append(msg.header.stamp)
+
+    def odometry_for(self, pose: PoseStamped) -> Odometry:
+        """The ~/odometry message published with ``pose``."""
+        stamp = key(pose.header.stamp)
+        self.wait(lambda: stamp in self.odometry, f"the odometry stamped {stamp}")
+        return self.odometry[stamp]
+
     def spin(self) -> None:
         self.executor.spin_once(timeout_sec=0.02)
 
     def wait(self, condition: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
         wait_for(condition, timeout, self.spin, what, self.node_process)
 
-    def connect(self) -> None:
+    def connect(self, odometry: bool = True) -> None:
         # Discovery is asynchronous: publish only once the node's readers have matched ours,
         # or the first frames vanish.
         self.wait(lambda: self.image_pub.get_subscription_count() > 0, "image subscription")
-        self.wait(lambda: self.odom_pub.get_subscription_count() > 0, "odometry subscription")
-        for topic in (
-            "/latent_memory_node/pose",
-            "/latent_memory_node/odometry",
-            "/latent_memory_node/path",
-            "/diagnostics",
-        ):
+        if odometry:
+            self.wait(lambda: self.odom_pub.get_subscription_count() > 0, "odom subscription")
+        for topic in (f"/{self.name}/pose", f"/{self.name}/odometry", f"/{self.name}/path"):
             self.wait(lambda t=topic: self.node.count_publishers(t) > 0, f"publisher of {topic}")
         self.wait(self.reset_client.service_is_ready, "the ~/reset service")
 
@@ -164,9 +177,11 @@ class Harness:
         return future.result()
 
     def status(
-        self, condition: Callable[[dict[str, str]], bool], name: str = STATUS_NAME
+        self, condition: Callable[[dict[str, str]], bool], name: str | None = None
     ) -> tuple[DiagnosticStatus, dict[str, str]]:
-        """The first diagnostics status of ``name`` whose values satisfy ``condition``."""
+        """The first diagnostics status of ``name`` (default: this node's runtime status)
+        whose values satisfy ``condition``."""
+        name = name or f"{self.name}: runtime"
         found: list[tuple[DiagnosticStatus, dict[str, str]]] = []
 
         def check() -> bool:

@@ -1,0 +1,562 @@
+"""What a robot integrator relies on, each behaviour with the node as a separate process
+over real DDS: TF, tracking states, control services, memory snapshots, time, sim time,
+latency under a slow model, compressed images, camera_info and the lifecycle variant.
+
+Every test starts its own node (its own name and topics), so they do not see each other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from conftest import REPO, NodeProcess, wait_for
+from diagnostic_msgs.msg import DiagnosticStatus
+from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, CompressedImage
+from std_msgs.msg import Header
+from std_srvs.srv import SetBool, Trigger
+from test_node import CAMERA_FRAME, Harness, image_msg, key, texture_frames
+
+from latent_memory_ros import geometry
+from latent_memory_ros.localizer import LOST_VARIANCE
+from latent_memory_ros.node import pose_from_msg, pose_to_msg
+
+RELIABLE = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
+MOUNT = [0.2, 0.0, 0.4, -0.5, 0.5, -0.5, 0.5]
+# The sliding test texture disagrees with the test odometry, which makes the model unsure;
+# tests that are not about tracking states keep it OK.
+CALM = {"uncertain_sigma_m": 100.0, "lost_sigma_m": 100.0}
+
+
+def start(start_node: Callable[..., NodeProcess], model_dir: Path, name: str, **params):
+    """A node named ``name`` with topics of its own; returns it and a connected harness."""
+    image_topic, odom_topic = f"/{name}_in/image_raw", f"/{name}_in/odom"
+    args = params.pop("args", ())
+    env = params.pop("env", None)
+    params = (
+        {
+            "model_dir": model_dir,
+            "providers": "[CPUExecutionProvider]",
+            "image_topic": image_topic,
+            "odom_topic": odom_topic,
+            "image_qos": "reliable",
+            "image_qos_depth": 20,
+            "warn_throttle_s": 0.0,
+        }
+        | CALM
+        | params
+    )
+    process = start_node(
+        ros_args=(
+            "-r",
+            f"__node:={name}",
+            "--params-file",
+            str(REPO / "config/latent_memory.yaml"),
+        ),
+        args=args,
+        env=env,
+        **params,
+    )
+    return process, Harness(process, name, image_topic, odom_topic)
+
+
+@pytest.fixture
+def harnesses() -> Iterator[list[Harness]]:
+    made: list[Harness] = []
+    yield made
+    for h in made:
+        h.close()
+
+
+def connect(harness: Harness, harnesses: list[Harness]) -> Harness:
+    harnesses.append(harness)
+    harness.connect()
+    return harness
+
+
+def call(harness: Harness, kind: type, service: str, request, timeout: float = 20.0):
+    client = harness.node.create_client(kind, service)
+    harness.wait(client.service_is_ready, f"the {service} service")
+    future = client.call_async(request)
+    harness.wait(future.done, f"the {service} response", timeout)
+    return future.result()
+
+
+def set_parameters(harness: Harness, **values: float) -> None:
+    parameters = [
+        Parameter(
+            name=name,
+            value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(v)),
+        )
+        for name, v in values.items()
+    ]
+    result = call(
+        harness,
+        SetParameters,
+        f"/{harness.name}/set_parameters",
+        SetParameters.Request(parameters=parameters),
+    )
+    assert all(r.successful for r in result.results), result
+
+
+def subscribe(harness: Harness, kind: type, topic: str) -> list:
+    received: list = []
+    harness.node.create_subscription(kind, topic, received.append, RELIABLE)
+    return received
+
+
+def in_log(node: NodeProcess, text: str, timeout: float = 10.0) -> None:
+    wait_for(lambda: text in node.log(), timeout, lambda: time.sleep(0.05), repr(text), node)
+
+
+def stamp_at(seconds: float) -> Time:
+    ns = int(round(seconds * 1e9))
+    return Time(sec=ns // 10**9, nanosec=ns % 10**9)
+
+
+def send_at(harness: Harness, bgr: np.ndarray, seconds: float):
+    stamp = stamp_at(seconds)
+    harness.image_pub.publish(image_msg(bgr, stamp))
+    harness.wait(lambda: key(stamp) in harness.poses, f"the pose for {seconds} s")
+    return harness.poses[key(stamp)]
+
+
+def fake_tf_env(extra: dict | None = None) -> dict[str, str]:
+    env = {"PYTHONPATH": str(REPO / "test" / "fake_tf2_ros")}
+    env["PYTHONPATH"] += ":" + str(REPO)
+    env["FAKE_TF2_STATIC"] = json.dumps(extra or {})
+    return env
+
+
+# Frames and TF ------------------------------------------------------------------------
+
+
+def test_odom_to_base_goes_on_tf_and_the_mount_comes_from_tf(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    """With tf2_ros (a stand-in here: test/fake_tf2_ros) the node broadcasts odom -> base
+    for every pose and takes base -> camera from TF instead of the parameter."""
+    env = fake_tf_env({f"base_link->{CAMERA_FRAME}": MOUNT})
+    node, h = start(start_node, model_dir, "lm_tf", publish_tf=True, env=env)
+    transforms = subscribe(h, TransformStamped, "/fake_tf")
+    h = connect(h, harnesses)
+    poses = [h.send_frame(bgr, base_x=0.05 * k) for k, bgr in enumerate(texture_frames(3))]
+    h.wait(lambda: len(transforms) >= 3, "three transforms")
+    for pose, t in zip(poses, transforms, strict=True):
+        assert (t.header.frame_id, t.child_frame_id) == ("odom", "base_link")
+        assert key(t.header.stamp) == key(pose.header.stamp)
+        tr = t.transform.translation
+        np.testing.assert_allclose([tr.x, tr.y, tr.z], pose_from_msg(pose.pose)[:3])
+    _, values = h.status(lambda v: v["frames_processed"] == "3")
+    assert values["extrinsic"] == "tf"
+    in_log(node, f"base_link -> {CAMERA_FRAME} from TF")
+    assert "tf2_ros is not importable" not in node.log()
+
+    # With the switch off (an EKF owns odom -> base) nothing goes on TF.
+    quiet, hq = start(start_node, model_dir, "lm_tf_off", publish_tf=False, env=fake_tf_env())
+    hq = connect(hq, harnesses)
+    before = len(transforms)
+    hq.send_frame(texture_frames(1)[0], base_x=0.0)
+    hq.send_frame(texture_frames(2)[1], base_x=0.05)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        h.spin()
+    assert len(transforms) == before
+    # No TF for the mount either: the parameter, said once.
+    _, values = hq.status(lambda v: v["frames_processed"] == "2")
+    assert values["extrinsic"] == "parameter"
+    assert quiet.log().count("using the base_to_camera parameter") == 1
+
+
+# Tracking -----------------------------------------------------------------------------
+
+
+def test_tracking_states_follow_the_predicted_uncertainty(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    node, h = start(start_node, model_dir, "lm_tracking", lost_reset_s=0.25)
+    statuses = subscribe(h, DiagnosticStatus, "/lm_tracking/status")
+    h = connect(h, harnesses)
+    frames = texture_frames(10)
+    h.send_frame(frames[0], base_x=0.0)
+    h.wait(lambda: len(statuses) >= 1, "a status")
+    assert statuses[-1].message == "OK" and statuses[-1].level == DiagnosticStatus.OK
+
+    set_parameters(h, uncertain_sigma_m=1e-9)
+    h.send_frame(frames[1], base_x=0.05)
+    h.wait(lambda: len(statuses) >= 2, "a status")
+    assert statuses[-1].message == "UNCERTAIN" and statuses[-1].level == DiagnosticStatus.WARN
+
+    set_parameters(h, lost_sigma_m=1e-9)
+    for k in range(2, 6):
+        pose = h.send_frame(frames[k], base_x=0.05 * k)
+        odometry = h.odometry_for(pose)
+        # rtabmap's convention: a lost pose carries a covariance nobody trusts.
+        assert np.all(np.diag(np.reshape(odometry.pose.covariance, (6, 6))) == LOST_VARIANCE)
+    h.wait(lambda: len(statuses) >= 6, "the statuses")
+    assert [s.message for s in statuses[2:6]] == ["LOST"] * 4
+    assert statuses[-1].level == DiagnosticStatus.ERROR
+    # LOST since frame 2, 0.1 s apart: after 0.25 s the memory restarts by itself.
+    in_log(node, "tracking lost for 0.3 s: the memory restarts")
+    _, values = h.status(lambda v: int(v["memory_resets"]) >= 1)
+    assert values["tracking"] == "LOST"
+
+    set_parameters(h, uncertain_sigma_m=100.0, lost_sigma_m=100.0)
+    h.send_frame(frames[6], base_x=0.3)
+    h.wait(lambda: len(statuses) >= 7, "a status")
+    assert statuses[-1].message == "OK"
+
+
+# Control ------------------------------------------------------------------------------
+
+
+def test_enable_pauses_and_resumes_with_the_memory_kept(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    _, h = start(start_node, model_dir, "lm_enable")
+    h = connect(h, harnesses)
+    frames = texture_frames(4)
+    h.send_frame(frames[0], base_x=0.0)
+    h.send_frame(frames[1], base_x=0.05)
+
+    response = call(h, SetBool, "/lm_enable/enable", SetBool.Request(data=False))
+    assert response.success and "paused" in response.message
+    stamp = h.next_stamp()
+    h.image_pub.publish(image_msg(frames[2], stamp))
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        h.spin()
+    assert key(stamp) not in h.poses
+    h.status(lambda v: v["frames_paused"] == "1" and v["enabled"] == "false")
+
+    assert call(h, SetBool, "/lm_enable/enable", SetBool.Request(data=True)).success
+    h.send_frame(frames[3], base_x=0.15)
+    _, values = h.status(lambda v: v["frames_processed"] == "3")
+    assert values["enabled"] == "true" and values["memory_resets"] == "0"
+
+
+def test_set_pose_reanchors_the_output(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    node, h = start(start_node, model_dir, "lm_set_pose")
+    h = connect(h, harnesses)
+    publisher = h.node.create_publisher(PoseWithCovarianceStamped, "/lm_set_pose/set_pose", 10)
+    h.wait(lambda: publisher.get_subscription_count() > 0, "the ~/set_pose subscription")
+    frames = texture_frames(4)
+    h.send_frame(frames[0], base_x=0.0)
+    h.send_frame(frames[1], base_x=0.05)
+
+    wrong = PoseWithCovarianceStamped(header=Header(frame_id="map"))
+    wrong.pose.pose = pose_to_msg(np.array([9.0, 9.0, 0, 0, 0, 0, 1]))
+    publisher.publish(wrong)
+    in_log(node, "~/set_pose in frame 'map' ignored")
+
+    target = np.array([5.0, -3.0, 0.0, *geometry.euler_to_quat(0.0, 0.0, np.pi / 2)])
+    message = PoseWithCovarianceStamped(header=Header(frame_id="odom"))
+    message.pose.pose = pose_to_msg(target)
+    message.pose.covariance = list(np.eye(6).reshape(36) * 0.25)
+    publisher.publish(message)
+    in_log(node, "pose set to [5.0, -3.0")
+    pose = h.send_frame(frames[2], base_x=0.1)
+    # One frame of motion after the anchor.
+    assert np.linalg.norm(pose_from_msg(pose.pose)[:3] - target[:3]) < 0.3
+    covariance = np.reshape(h.odometry_for(pose).pose.covariance, (6, 6))
+    assert np.all(np.diag(covariance) >= 0.25)
+
+
+def test_memory_snapshots_save_load_refuse_and_start_up(
+    start_node, model_dir: Path, harnesses: list[Harness], tmp_path: Path
+) -> None:
+    snapshot = tmp_path / "memory" / "snapshot.npz"
+    _, h = start(start_node, model_dir, "lm_snapshot", snapshot_path=snapshot)
+    h = connect(h, harnesses)
+    frames = texture_frames(8)
+    for k in range(4):
+        saved_pose = pose_from_msg(h.send_frame(frames[k], base_x=0.1 * k).pose)
+    response = call(h, Trigger, "/lm_snapshot/save_memory", Trigger.Request())
+    assert response.success, response.message
+    assert snapshot.is_file() and [p.name for p in snapshot.parent.iterdir()] == [snapshot.name]
+    with np.load(snapshot) as data:
+        meta = json.loads(str(data["meta"]))
+    assert (
+        meta["model_sha256"]
+        == json.loads((model_dir / "model.json").read_text())["sha256"]["step.onnx"]
+    )
+    for k in range(4, 8):
+        h.send_frame(frames[k], base_x=0.1 * k + 1.0)
+
+    response = call(h, Trigger, "/lm_snapshot/load_memory", Trigger.Request())
+    assert response.success, response.message
+    after = pose_from_msg(h.send_frame(frames[4], base_x=5.0).pose)
+    # The pose carries on from where it was saved (one frame of motion).
+    assert np.linalg.norm(after[:3] - saved_pose[:3]) < 0.3
+
+    # A snapshot of another model is refused, and nothing changes.
+    with np.load(snapshot) as data:
+        arrays = {k: data[k] for k in data.files}
+    other_meta = json.loads(str(arrays["meta"])) | {"model": "other", "model_sha256": "0" * 64}
+    arrays["meta"] = np.array(json.dumps(other_meta))
+    other = tmp_path / "other.npz"
+    np.savez(other, **arrays)
+    parameter = Parameter(
+        name="snapshot_path",
+        value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(other)),
+    )
+    call(
+        h,
+        SetParameters,
+        "/lm_snapshot/set_parameters",
+        SetParameters.Request(parameters=[parameter]),
+    )
+    response = call(h, Trigger, "/lm_snapshot/load_memory", Trigger.Request())
+    assert not response.success
+    assert "written by model 'other'" in response.message and "refused" in response.message
+
+    # memory_snapshot loads one at start-up; a refused one stops start-up, naming it.
+    good, _ = start(start_node, model_dir, "lm_snapshot_start", memory_snapshot=snapshot)
+    in_log(good, f"memory loaded from {snapshot} (4 frames)", timeout=30)
+    bad, _ = start(start_node, model_dir, "lm_snapshot_bad", memory_snapshot=other)
+    assert bad.wait(30) == 1
+    assert "[FATAL]" in bad.log() and "parameter memory_snapshot" in bad.log()
+    assert "written by model 'other'" in bad.log()
+
+
+# Time ---------------------------------------------------------------------------------
+
+
+def test_time_going_back_resets_gaps_restart_and_jitter_is_warned(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    node, h = start(start_node, model_dir, "lm_time", max_gap_s=1.0, jitter_warn_s=0.02)
+    statuses = subscribe(h, DiagnosticStatus, "/lm_time/status")
+    h = connect(h, harnesses)
+    frames = texture_frames(12)
+    t0 = 500.0
+    for k in range(7):
+        send_at(h, frames[k], t0 + 0.1 * k)
+    send_at(h, frames[7], t0 + 0.65)  # 50 ms late
+    in_log(node, "frame interval 50.0 ms, typically 100.0 ms")
+
+    send_at(h, frames[8], t0 + 5.0)  # 4.35 s gap
+    in_log(node, "(max_gap_s 1): the memory restarts, the pose continues")
+    h.wait(lambda: len(statuses) >= 9, "the statuses")
+    assert statuses[-1].values[-1].key == "frames" and statuses[-1].values[-1].value == "1"
+
+    first = send_at(h, frames[0], t0 - 10.0)  # a bag loop
+    in_log(node, "image stamp went back by 15.000 s")
+    h.wait(lambda: any(key(p.header.stamp) == key(first.header.stamp) for p in h.paths), "path")
+    path = next(p for p in h.paths if key(p.header.stamp) == key(first.header.stamp))
+    assert len(path.poses) == 1
+    _, values = h.status(lambda v: v["memory_resets"] == "2" and v["jitter_warnings"] == "1")
+
+
+def test_use_sim_time_stamps_diagnostics_with_the_clock(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    _, h = start(start_node, model_dir, "lm_sim_time", use_sim_time=True)
+    clock = h.node.create_publisher(Clock, "/clock", 10)
+    h = connect(h, harnesses)
+    h.wait(lambda: clock.get_subscription_count() > 0, "a /clock subscriber")
+    sim = Time(sec=4242, nanosec=500_000_000)
+    stamps: list = []
+
+    def check() -> bool:
+        clock.publish(Clock(clock=sim))
+        stamps.extend(s for s in h.diagnostics_headers if key(s) == key(sim))
+        return bool(stamps)
+
+    h.wait(check, "a /diagnostics header stamped with the simulated clock")
+    # Outputs keep the image stamps, whatever the clock says.
+    pose = h.send_frame(texture_frames(1)[0], base_x=0.0)
+    assert key(pose.header.stamp) != key(sim)
+
+
+# Latency ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real exported student too big for this CPU (1280x960 input, untrained): about
+    a quarter of a second per step on one thread, where the shipped one takes ~6 ms."""
+    config = pytest.importorskip("latent_memory_training.models.config")
+    student = pytest.importorskip("latent_memory_training.models.student")
+    export = pytest.importorskip("latent_memory_training.export.onnx_export")
+    cfg = config.ModelConfig(image_width=1280, image_height=960, dim=128, hidden=256)
+    out = tmp_path_factory.mktemp("slow_model")
+    export.export_model(student.LocalisationModel(cfg), out, "slow")
+    return out
+
+
+def test_services_answer_during_a_slow_step_and_only_the_newest_frame_runs(
+    start_node, slow_model: Path, harnesses: list[Harness]
+) -> None:
+    _, h = start(start_node, slow_model, "lm_slow", intra_op_threads=1, use_odom=False)
+    harnesses.append(h)
+    h.connect(odometry=False)
+    frames = texture_frames(8)
+    h.send_frame(frames[0])  # the first step may be slower still
+    enable = h.node.create_client(SetBool, "/lm_slow/enable")
+    get = h.node.create_client(GetParameters, "/lm_slow/get_parameters")
+    h.wait(lambda: enable.service_is_ready() and get.service_is_ready(), "the services")
+
+    stamp = h.next_stamp()
+    h.image_pub.publish(image_msg(frames[1], stamp))
+    time.sleep(0.05)  # the step has started
+    sent = time.monotonic()
+    answers = {
+        "enable": enable.call_async(SetBool.Request(data=True)),
+        "get_parameters": get.call_async(GetParameters.Request(names=["lost_sigma_m"])),
+    }
+    answered: dict[str, float] = {}
+
+    def record() -> bool:
+        for name, future in answers.items():
+            if future.done() and name not in answered:
+                answered[name] = time.monotonic() - sent
+        if key(stamp) in h.poses and "pose" not in answered:
+            answered["pose"] = time.monotonic() - sent
+        return len(answered) == 3
+
+    h.wait(record, "the answers and the pose")
+    assert answered["enable"] < answered["pose"], answered
+    assert answered["get_parameters"] < answered["pose"], answered
+
+    # Six frames in 60 ms while a step takes ~250 ms: the newest one runs, the ones that
+    # queued behind the running step are dropped, and latency does not build up.
+    stamps = []
+    for bgr in frames[2:8]:
+        stamps.append(h.next_stamp())
+        h.image_pub.publish(image_msg(bgr, stamps[-1]))
+        time.sleep(0.01)
+    h.wait(lambda: key(stamps[-1]) in h.poses, "the newest frame's pose")
+    _, values = h.status(lambda v: int(v["frames_processed"]) + int(v["frames_dropped"]) == 8)
+    assert int(values["frames_dropped"]) >= 3
+    assert sum(key(s) in h.poses for s in stamps) == 8 - int(values["frames_dropped"]) - 2
+
+
+# Inputs -------------------------------------------------------------------------------
+
+
+def test_compressed_images_are_decoded_and_corrupt_ones_counted(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    node, h = start(start_node, model_dir, "lm_compressed", image_transport="compressed")
+    publisher = h.node.create_publisher(
+        CompressedImage, "/lm_compressed_in/image_raw/compressed", RELIABLE
+    )
+    h = connect_compressed(h, harnesses, publisher)
+    frames = texture_frames(3)
+    for k, bgr in enumerate(frames):
+        stamp = h.next_stamp()
+        fmt, ext = ("bgr8; jpeg compressed bgr8", ".jpg") if k % 2 == 0 else ("png", ".png")
+        data = cv2.imencode(ext, bgr)[1].tobytes()
+        h.send_odometry(stamp, 0.05 * k)
+        publisher.publish(
+            CompressedImage(
+                header=Header(stamp=stamp, frame_id=CAMERA_FRAME), format=fmt, data=data
+            )
+        )
+        h.wait(lambda s=stamp: key(s) in h.poses, "the pose of a compressed frame")
+    bad = CompressedImage(
+        header=Header(stamp=h.next_stamp()), format="jpeg", data=b"\xff\xd8garbage"
+    )
+    publisher.publish(bad)
+    _, values = h.status(lambda v: v["frames_rejected"] == "1")
+    assert values["frames_processed"] == "3"
+
+
+def connect_compressed(h: Harness, harnesses: list[Harness], publisher) -> Harness:
+    harnesses.append(h)
+    h.wait(lambda: publisher.get_subscription_count() > 0, "the compressed subscription")
+    h.wait(lambda: h.odom_pub.get_subscription_count() > 0, "the odometry subscription")
+    h.wait(lambda: h.node.count_publishers(f"/{h.name}/pose") > 0, "the pose publisher")
+    return h
+
+
+def test_camera_info_is_checked_and_the_field_of_view_adapted(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    node, h = start(start_node, model_dir, "lm_info")
+    info_pub = h.node.create_publisher(CameraInfo, "/lm_info_in/camera_info", RELIABLE)
+    h = connect(h, harnesses)
+    h.wait(lambda: info_pub.get_subscription_count() > 0, "the camera_info subscription")
+    frames = texture_frames(4)  # 96 x 72
+
+    def info(width: int, height: int, f: float, frame_id: str = CAMERA_FRAME) -> CameraInfo:
+        k = [f, 0.0, (width - 1) / 2, 0.0, f, (height - 1) / 2, 0.0, 0.0, 1.0]
+        return CameraInfo(header=Header(frame_id=frame_id), width=width, height=height, k=k)
+
+    def publish(message: CameraInfo) -> None:
+        # A camera driver sends camera_info with every frame; over best effort the first
+        # sample after discovery may be lost, so this does too.
+        for _ in range(3):
+            info_pub.publish(message)
+            time.sleep(0.05)
+
+    publish(info(640, 480, 500.0, frame_id="other_camera"))
+    h.send_frame(frames[0], base_x=0.0)
+    in_log(node, "camera_info: ")
+    assert "640x480" in node.log() and "other_camera" in node.log()
+
+    # Same size, a wider lens than the model's: cropped to the model's view, said once.
+    publish(info(96, 72, 40.0))
+    h.send_frame(frames[1], base_x=0.05)
+    publish(info(96, 72, 40.0))
+    h.send_frame(frames[2], base_x=0.1)
+    in_log(node, "model fx=")
+    assert node.log().count("model fx=") == 1
+
+
+# Lifecycle ----------------------------------------------------------------------------
+
+
+def test_lifecycle_variant_loads_on_configure_and_listens_only_when_active(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    node, h = start(start_node, model_dir, "lm_lifecycle", args=("--lifecycle",))
+    harnesses.append(h)
+
+    def transition(transition_id: int) -> None:
+        request = ChangeState.Request(transition=Transition(id=transition_id))
+        assert call(h, ChangeState, "/lm_lifecycle/change_state", request, 60).success
+
+    def state() -> str:
+        return call(h, GetState, "/lm_lifecycle/get_state", GetState.Request()).current_state.label
+
+    assert state() == "unconfigured"
+    assert "model 'default'" not in node.log()  # nothing loaded yet
+    assert h.image_pub.get_subscription_count() == 0
+
+    transition(Transition.TRANSITION_CONFIGURE)
+    assert state() == "inactive"
+    assert "model 'default'" in node.log()
+    assert h.image_pub.get_subscription_count() == 0
+
+    transition(Transition.TRANSITION_ACTIVATE)
+    assert state() == "active"
+    h.wait(lambda: h.image_pub.get_subscription_count() > 0, "the image subscription")
+    h.wait(lambda: h.odom_pub.get_subscription_count() > 0, "the odometry subscription")
+    h.wait(lambda: h.node.count_publishers("/lm_lifecycle/pose") > 0, "the pose publisher")
+    h.send_frame(texture_frames(1)[0], base_x=0.0)
+
+    transition(Transition.TRANSITION_DEACTIVATE)
+    h.wait(lambda: h.image_pub.get_subscription_count() == 0, "no image subscription")
+    transition(Transition.TRANSITION_CLEANUP)
+    assert state() == "unconfigured"
+    h.wait(lambda: h.node.count_publishers("/lm_lifecycle/pose") == 0, "no pose publisher")
+    node.stop()
+    assert node.process.returncode == 0, node.log()
+    assert "Traceback" not in node.log()
