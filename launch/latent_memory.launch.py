@@ -43,7 +43,7 @@ LAUNCH_ARGUMENTS = ("params_file", "use_sim_time", "lifecycle", "namespace", "rv
 def node_parameters() -> tuple[Any, ...]:
     """The node's ParameterSpecs. Imported on use: only a ROS installation (where the
     package is installed) has what latent_memory_ros.node imports."""
-    from latent_memory_ros.node import PARAMETERS
+    from latent_memory_ros.parameters import PARAMETERS
 
     return PARAMETERS
 

@@ -26,7 +26,8 @@ import setuptools
 import yaml
 
 import latent_memory_ros
-from latent_memory_ros.node import LIFECYCLE_NODE_NAME, NODE_NAME, PARAMETERS
+from latent_memory_ros.node import LIFECYCLE_NODE_NAME, NODE_NAME
+from latent_memory_ros.parameters import PARAMETERS
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO / "launch" / "latent_memory.launch.py"

@@ -27,13 +27,13 @@ from std_srvs.srv import Trigger
 from latent_memory_ros import geometry
 from latent_memory_ros.model_format import default_model_dir
 from latent_memory_ros.node import (
-    PARAMETERS,
     StartupError,
     camera_info_topic,
     image_qos_profile,
     pose_from_msg,
     pose_to_msg,
 )
+from latent_memory_ros.parameters import PARAMETERS
 from latent_memory_ros.runtime import StudentRuntime
 
 IMAGE_TOPIC = "/latent_memory_test/image"
