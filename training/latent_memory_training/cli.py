@@ -50,7 +50,17 @@ def _run_fit(args: argparse.Namespace) -> int:
     print(f"preparing {len(train_paths)} training sequences ...", flush=True)
     train = load_prepared(train_paths, w, h, jobs=args.jobs)
     val = load_prepared(find_sequences(args.val), w, h, jobs=args.jobs) if args.val else []
-    best = fit(train, val, args.out, model_cfg, train_cfg, resume=args.resume)
+    teacher = getattr(args, "teacher", None)
+    if teacher is not None:
+        if train_cfg.distill_weight <= 0:
+            print("error: distill needs --distill-weight > 0", file=sys.stderr)
+            return 2
+        print(
+            f"distilling from {teacher} ({train_cfg.distill_distance}, "
+            f"{train_cfg.distill_schedule} lambda {train_cfg.distill_weight})",
+            flush=True,
+        )
+    best = fit(train, val, args.out, model_cfg, train_cfg, resume=args.resume, teacher_path=teacher)
     print(f"best checkpoint: {best}")
     return 0
 
@@ -121,13 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_render_arguments(render)
 
     fit = sub.add_parser("fit", help="train a model on cached renders")
-    fit.add_argument("--data", type=Path, required=True, help="folder of cached renders (*.npz)")
-    fit.add_argument("--val", type=Path, help="folder of validation renders (*.npz)")
-    fit.add_argument("--out", type=Path, required=True, help="folder for checkpoints")
-    fit.add_argument("--resume", type=Path, help="checkpoint to resume from (last.pt)")
-    fit.add_argument("--jobs", type=int, default=1, help="processes preparing uncached data")
-    _add_dataclass_arguments(fit, ModelConfig, "model-")
-    _add_dataclass_arguments(fit, TrainConfig)
+    distill = sub.add_parser(
+        "distill",
+        help="train a student whose memory is pulled towards a frozen bottleneck teacher's",
+    )
+    distill.add_argument(
+        "--teacher", type=Path, required=True, help="checkpoint of a --model-cell bottleneck fit"
+    )
+    for p in (fit, distill):
+        p.add_argument("--data", type=Path, required=True, help="folder of cached renders (*.npz)")
+        p.add_argument("--val", type=Path, help="folder of validation renders (*.npz)")
+        p.add_argument("--out", type=Path, required=True, help="folder for checkpoints")
+        p.add_argument("--resume", type=Path, help="checkpoint to resume from (last.pt)")
+        p.add_argument("--jobs", type=int, default=1, help="processes preparing uncached data")
+        _add_dataclass_arguments(p, ModelConfig, "model-")
+        _add_dataclass_arguments(p, TrainConfig)
+    distill.set_defaults(distill_weight=1.0)
 
     export = sub.add_parser("export", help="export a checkpoint to models/NAME for the node")
     export.add_argument("--checkpoint", type=Path)
@@ -187,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         from latent_memory_training.benchmark.heldout import run
 
         return run(args)
-    return {"fit": _run_fit, "export": _run_export}[args.command](args)
+    return {"fit": _run_fit, "distill": _run_fit, "export": _run_export}[args.command](args)
 
 
 if __name__ == "__main__":

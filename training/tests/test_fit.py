@@ -92,3 +92,82 @@ def test_mirrored_cues_match_cues_of_mirrored_images():
         np.median(arr["cues"][0, 1:, rotation] - flipped[1:, rotation], axis=0), 0, atol=2e-4
     )
     assert np.mean(np.sign(arr["cues"][0, 1:, 2]) == np.sign(flipped[1:, 2])) > 0.9
+
+
+def test_teacher_then_distilled_student_with_queries(data, tmp_path):
+    """A bottleneck teacher trains with the same CLI; ``distill`` pulls a student's
+    memory towards it (both distances, both schedules) and starts its heads from it."""
+    base = ["--data", str(data / "train"), "--val", str(data / "val")]
+    teacher = tmp_path / "teacher"
+    args = ["fit", *base, "--out", str(teacher), *FIT_ARGS, "--steps", "2"]
+    assert cli.main([*args, "--model-cell", "bottleneck"]) == 0
+    t = torch.load(teacher / "last.pt", weights_only=False)
+    assert t["model_config"]["cell"] == "bottleneck"
+    assert all("query_m" in h for h in t["history"])
+
+    for distance, schedule in (("mse_ln", "constant"), ("cosine", "anneal")):
+        out = tmp_path / f"student_{distance}"
+        args = ["distill", "--teacher", str(teacher / "last.pt"), *base, "--out", str(out)]
+        args += [*FIT_ARGS, "--steps", "2", "--distill-distance", distance]
+        args += ["--distill-schedule", schedule, "--init-from-teacher", "true"]
+        assert cli.main(args) == 0
+        s = torch.load(out / "last.pt", weights_only=False)
+        assert s["model_config"]["cell"] == "kinaema"
+        assert s["teacher"] == str(teacher / "last.pt")
+        assert s["train_config"]["distill_distance"] == distance
+        assert all(np.isfinite(h["distill"]) for h in s["history"])
+    # The heads started from the teacher's (training moved them a little since).
+    student = torch.load(tmp_path / "student_mse_ln" / "last.pt", weights_only=False)["model"]
+    assert torch.allclose(student["delta.weight"], t["model"]["delta.weight"], atol=0.05)
+
+    bad = ["distill", "--teacher", str(teacher / "last.pt"), *base, "--out", str(tmp_path / "x")]
+    assert cli.main([*bad, *FIT_ARGS, "--steps", "1", "--distill-weight", "0"]) == 2
+
+
+def test_distances_and_schedule():
+    from latent_memory_training.training.fit import distill_distance, distill_lambda
+
+    m = torch.randn(2, 3, 8, 16)
+    assert float(distill_distance(m, m, "mse_ln")) < 1e-10
+    assert float(distill_distance(m, 2 * m + 1, "mse_ln")) < 1e-6  # LayerNorm removes scale
+    assert abs(float(distill_distance(m, -m, "cosine")) - 2.0) < 1e-5
+    with pytest.raises(ValueError, match="distance"):
+        distill_distance(m, m, "l1")
+    cfg = TrainConfig(steps=100, distill_weight=2.0, distill_schedule="anneal")
+    assert distill_lambda(cfg, 0) == 2.0 and abs(distill_lambda(cfg, 100)) < 1e-12
+    assert distill_lambda(TrainConfig(steps=100, distill_weight=2.0), 100) == 2.0
+
+
+def test_growing_states_restart_per_stream():
+    """The teacher's and the full-history reference's growing history, shared by the
+    streams of a batch: a restarted stream sees none of its old frames."""
+    from latent_memory_training.models.config import ModelConfig
+    from latent_memory_training.models.student import LocalisationModel
+    from latent_memory_training.training.fit import carry_state
+
+    for cell in ("bottleneck", "full"):
+        model = LocalisationModel(ModelConfig(cell=cell)).eval()
+        obs = _obs(2, 4)
+        state, _ = model.rollout(model.initial_state(2), obs)
+        state = carry_state(model, state, torch.tensor([True, False]))
+        assert state["valid"].tolist() == [[0, 0, 0, 0], [1, 1, 1, 1]]
+        _, out = model.rollout(state, obs)
+        # Row 0 restarted: the same as a fresh run on its own.
+        _, alone = model.rollout(model.initial_state(1), {k: v[:1] for k, v in obs.items()})
+        torch.testing.assert_close(out["pose"][:1], alone["pose"], atol=1e-5, rtol=1e-4)
+        state = carry_state(model, state, torch.tensor([True, True]))
+        assert state["valid"].shape == (2, 0)  # nothing left that anyone uses
+
+
+def _obs(batch: int, frames: int) -> dict:
+    from latent_memory_ros.cues import CUE_DIM
+
+    torch.manual_seed(0)
+    odom = torch.zeros(batch, frames, 8)
+    odom[..., 6] = 1.0
+    return {
+        "image": torch.randn(batch, frames, 3, 96, 128),
+        "odom": odom,
+        "dt": torch.full((batch, frames, 1), 1 / 30),
+        "cues": torch.zeros(batch, frames, CUE_DIM),
+    }

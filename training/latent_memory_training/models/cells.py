@@ -42,6 +42,9 @@ class MemoryCell(nn.Module):
     state_shapes: dict[str, tuple[int, ...]]
     readout_dim: int
     exportable = True
+    # The state entry that is an N x E slot memory (what distillation matches and the
+    # query head reads), or None for cells without one.
+    memory_key: str | None = None
 
     def initial_state(self, batch: int) -> State:
         return {k: torch.zeros((batch, *s)) for k, s in self.state_shapes.items()}
@@ -85,6 +88,8 @@ class KinaemaCell(MemoryCell):
     and each slot is layer-normalised.
     The readout is the updated memory pooled over slots beside the motion token's output.
     """
+
+    memory_key = "memory"
 
     def __init__(self, slots: int = 8, dim: int = 64, heads: int = 4) -> None:
         super().__init__()
@@ -541,6 +546,11 @@ class GRUMemoryCell(MemoryCell):
         return {"hidden": hidden}, hidden
 
 
+def _key_mask(valid: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, 1, Lk]`` additive bias hiding the keys of other episodes."""
+    return torch.where(valid > 0, 0.0, _MASKED)[:, None, None, :].to(valid.dtype)
+
+
 class FullHistoryTransformer(nn.Module):
     """The full-history reference: causal attention of each frame over all past frames.
 
@@ -558,7 +568,11 @@ class FullHistoryTransformer(nn.Module):
     def __init__(self, slots: int = 8, dim: int = 64, heads: int = 4, layers: int = 2) -> None:
         super().__init__()
         self.dim = dim
-        self.state_shapes = {f"cache{i}": (0, dim) for i in range(layers)}
+        # ``valid`` marks the cached frames of the current episode: training carries one
+        # state for several streams, which restart at different times.
+        self.state_shapes = {f"cache{i}": (0, dim) for i in range(layers)} | {"valid": (0,)}
+        # Queries read the whole history as the last layer sees it.
+        self.memory_key = f"cache{layers - 1}"
         self.readout_dim = dim
         self.summary = FrameSummary(dim)
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
@@ -580,7 +594,9 @@ class FullHistoryTransformer(nn.Module):
             -self.slopes[:, None, None] * distance,
             torch.full_like(distance, _MASKED),
         )
-        out = {}
+        valid = torch.cat([state["valid"], torch.ones_like(x[..., 0])], dim=1)
+        bias = bias + _key_mask(valid)
+        out = {"valid": valid}
         for i, block in enumerate(self.blocks):
             cache = torch.cat([state[f"cache{i}"], x], dim=1)
             out[f"cache{i}"] = cache
@@ -596,6 +612,54 @@ class FullHistoryTransformer(nn.Module):
         return self._attend(state, self.summary(tokens))
 
 
+class BottleneckTeacher(nn.Module):
+    """The distillation teacher: the whole history, read through a fixed-size bottleneck.
+
+    Each frame adds one summary vector to the history (the same ``FrameSummary`` as
+    ``full``). At step t, N learned latent slots cross-attend (block-causally: to the
+    history up to t only, with an ALiBi recency bias) and then attend among themselves,
+    giving ``B_t`` (N x E, the shape of the student's memory). The readout sees only
+    ``B_t`` and the current frame's tokens: a block over [B_t ; tokens], pooled like
+    ``kinaema``'s, so the pose heads of teacher and student read the same format and
+    can be copied. ``B_t`` is kept in the state as ``bottleneck`` (not carried into the
+    next step: it is recomputed from the history) for distillation and queries.
+    Not exportable: the history grows.
+    """
+
+    exportable = False
+    memory_key = "bottleneck"
+
+    def __init__(self, slots: int = 8, dim: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        self.slots, self.dim = slots, dim
+        self.state_shapes = {"history": (0, dim), "valid": (0,), "bottleneck": (slots, dim)}
+        self.readout_dim = 2 * dim
+        self.summary = FrameSummary(dim)
+        self.latents = nn.Parameter(torch.randn(slots, dim) * 0.02)
+        self.read = Block(dim, heads, cross=True)
+        self.mix = TransformerBlock(dim, heads)
+        self.block = TransformerBlock(dim, heads)
+        slopes = 2.0 ** (-8.0 * torch.arange(1, heads + 1) / heads)
+        self.register_buffer("slopes", slopes, persistent=False)
+
+    def initial_state(self, batch: int) -> State:
+        return {k: torch.zeros((batch, *s)) for k, s in self.state_shapes.items()}
+
+    def step(self, state: State, tokens: torch.Tensor) -> tuple[State, torch.Tensor]:
+        history = torch.cat([state["history"], self.summary(tokens)[:, None]], dim=1)
+        valid = torch.cat([state["valid"], torch.ones_like(tokens[:, :1, 0])], dim=1)
+        b, t = history.shape[:2]
+        age = torch.arange(t - 1, -1, -1, device=history.device, dtype=history.dtype)
+        bias = (-self.slopes[:, None, None] * age).expand(b, -1, self.slots, -1)
+        bias = bias + _key_mask(valid)
+        latents = self.latents.unsqueeze(0).expand(b, -1, -1)
+        memory = self.mix(self.read(latents, history, bias))
+        memory = nn.functional.layer_norm(memory, (self.dim,))
+        out = self.block(torch.cat([memory, tokens], dim=1))
+        readout = torch.cat([memory.mean(dim=1), out[:, self.slots]], dim=-1)
+        return {"history": history, "valid": valid, "bottleneck": memory}, readout
+
+
 CELLS: dict[str, type[MemoryCell]] = {
     "kinaema": KinaemaCell,
     "tlb": TLBCell,
@@ -604,4 +668,7 @@ CELLS: dict[str, type[MemoryCell]] = {
     "arelit": AReLiTCell,
     "gru": GRUMemoryCell,
 }
-REFERENCE_CELLS: dict[str, type[nn.Module]] = {"full": FullHistoryTransformer}
+REFERENCE_CELLS: dict[str, type[nn.Module]] = {
+    "full": FullHistoryTransformer,
+    "bottleneck": BottleneckTeacher,
+}

@@ -20,7 +20,13 @@ from torch import nn
 
 from latent_memory_ros.cues import CUE_DIM
 from latent_memory_training.models import so3
-from latent_memory_training.models.cells import CELLS, REFERENCE_CELLS, MemoryCell, State
+from latent_memory_training.models.cells import (
+    CELLS,
+    REFERENCE_CELLS,
+    MemoryCell,
+    State,
+    TransformerBlock,
+)
 from latent_memory_training.models.config import ModelConfig
 
 # Per-frame motions are centimetres and centiradians; this brings them to O(1).
@@ -75,6 +81,16 @@ class LocalisationModel(nn.Module):
         nn.init.constant_(self.speed.bias, _inverse_softplus(config.initial_speed * MOTION_SCALE))
         nn.init.zeros_(self.bias_rate.weight)
         nn.init.constant_(self.bias_rate.bias, _logit(config.initial_bias_rate))
+        # Map-free queries: where was the camera that saw this image, seen from here?
+        self.query_token = nn.Parameter(torch.randn(d) * 0.02)
+        self.query_block = TransformerBlock(d, config.heads)
+        self.query_head = nn.Sequential(nn.Linear(d, config.hidden), nn.GELU())
+        self.query_pose = nn.Linear(config.hidden, 6)
+        self.query_log_var = nn.Linear(config.hidden, 6)
+        nn.init.zeros_(self.query_pose.weight)
+        nn.init.zeros_(self.query_pose.bias)
+        nn.init.zeros_(self.query_log_var.weight)
+        nn.init.zeros_(self.query_log_var.bias)
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {**self.cell.state_shapes, "pose": (7,), "bias": (3,)}
@@ -120,7 +136,29 @@ class LocalisationModel(nn.Module):
         motion = so3.motion_to_pose(rot, trans)
         pose = so3.compose(state["pose"], motion)
         new_state = {**cell_state, "pose": pose, "bias": bias}
-        return new_state, {"pose": pose, "motion": motion, "log_var": self.log_var(h), "bias": bias}
+        out = {"pose": pose, "motion": motion, "log_var": self.log_var(h), "bias": bias}
+        key = self.cell.memory_key
+        if key is not None and 0 not in self.cell.state_shapes[key]:  # a fixed-size memory
+            out["memory"] = cell_state[key]
+        return new_state, out
+
+    @property
+    def supports_query(self) -> bool:
+        return self.cell.memory_key is not None
+
+    def query(self, state: State, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pose (xyz_qxyzw) of the camera that took ``image`` in the current camera
+        frame, and its log variance (x, y, z, rx, ry, rz), read from the memory alone;
+        the state is not changed."""
+        if not self.supports_query:
+            raise ValueError(f"cell '{self.config.cell}' has no slot memory to query")
+        memory = state[self.cell.memory_key]
+        b = memory.shape[0]
+        token = self.query_token.expand(b, 1, -1)
+        x = self.query_block(torch.cat([token, memory, self.encoder(image)], dim=1))
+        h = self.query_head(x[:, 0])
+        rel = self.query_pose(h)
+        return so3.motion_to_pose(rel[:, :3], rel[:, 3:]), self.query_log_var(h)
 
     def rollout(
         self, state: State, obs: dict[str, torch.Tensor]

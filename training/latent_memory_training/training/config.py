@@ -22,3 +22,17 @@ class TrainConfig:
     val_every: int = 250
     seed: int = 0
     threads: int = 2
+    # Map-free queries: at each window's last frame, where was the camera of an earlier
+    # frame of the episode (at least query_min_gap frames back)?
+    query_weight: float = 0.1
+    query_min_gap: int = 15
+    # Distillation from a frozen bottleneck teacher (``latent_memory_train distill``):
+    # lambda * d(M_t, B_t) on the student's memory at every step.
+    distill_weight: float = 0.0
+    distill_distance: str = "mse_ln"  # mse_ln: per-slot MSE after LayerNorm; cosine: 1 - cos
+    distill_schedule: str = "constant"  # constant, or anneal (cosine to 0 over the run)
+    init_from_teacher: bool = False  # start encoder and heads from the teacher's
+
+
+DISTANCES = ("mse_ln", "cosine")
+SCHEDULES = ("constant", "anneal")

@@ -17,15 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from latent_memory_ros import geometry
+from latent_memory_ros.cues import CUE_DIM
 from latent_memory_ros.evaluation import trajectory_metrics
 from latent_memory_training.data.prepare import PreparedSequence
 from latent_memory_training.models import so3
 from latent_memory_training.models.config import IMAGE_MEAN, IMAGE_STD, ModelConfig
 from latent_memory_training.models.student import LocalisationModel
-from latent_memory_training.training.config import TrainConfig
+from latent_memory_training.training.config import DISTANCES, SCHEDULES, TrainConfig
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Checkpoint:
     step: int = 0
     best: float = math.inf
     history: list = field(default_factory=list)
+    teacher: str | None = None
 
 
 def _normalise(images: torch.Tensor) -> torch.Tensor:
@@ -93,6 +96,7 @@ class Streams:
         gt[self.mirrored] = geometry.mirror_pose(gt[self.mirrored])
         dt = np.diff(arr["stamps"], axis=1, prepend=arr["stamps"][:, :1])
         dt[first, 0] = 0.0
+        query = self._query()
         self.pos += w
         obs = {
             "image": _normalise(torch.from_numpy(arr["images"])),
@@ -104,8 +108,35 @@ class Streams:
             "gt": torch.from_numpy(gt).float(),
             "bias": torch.from_numpy(arr["bias"]).float(),
             "odom_on": torch.from_numpy(self.odom_on.copy()),
+            **query,
         }
         return obs, targets, reset
+
+    def _query(self) -> dict[str, torch.Tensor]:
+        """For each stream, an earlier frame of its episode (at least query_min_gap
+        frames before the window's last frame) and where its camera is seen from the
+        last frame's camera: the map-free query the memory should answer."""
+        cfg = self.cfg
+        last = self.pos + cfg.window - 1
+        images, targets, valid = [], [], []
+        for b in range(cfg.batch):
+            s = self.seqs[self.seq[b]]
+            latest = last[b] - cfg.query_min_gap
+            ok = latest >= self.start[b]
+            q = int(self.rng.integers(self.start[b], latest + 1)) if ok else int(last[b])
+            image = s.images[q]
+            target = geometry.relative(s.gt[last[b]], s.gt[q])
+            if self.mirrored[b]:
+                image = image[:, ::-1]
+                target = geometry.mirror_pose(target)
+            images.append(image)
+            targets.append(target)
+            valid.append(ok)
+        return {
+            "query_image": _normalise(torch.from_numpy(np.stack(images)[:, None]))[:, 0],
+            "query_pose": torch.from_numpy(np.stack(targets)).float(),
+            "query_valid": torch.from_numpy(np.array(valid)),
+        }
 
 
 def _mirror_in_place(arr: dict[str, np.ndarray], rows: np.ndarray) -> None:
@@ -154,6 +185,118 @@ def window_loss(out: dict, targets: dict, cfg: TrainConfig) -> tuple[torch.Tenso
     terms["nll"] = float(nll.detach())
     total = total + cfg.bias_weight * bias_loss + cfg.nll_weight * nll
     return total, terms
+
+
+def query_loss(
+    model: LocalisationModel, state: dict, targets: dict, cfg: TrainConfig
+) -> tuple[torch.Tensor, dict]:
+    """Pose error of the query head at the window's last frame (valid streams only),
+    plus a Gaussian likelihood for its predicted uncertainty."""
+    valid = targets["query_valid"]
+    if cfg.query_weight <= 0 or not model.supports_query or not bool(valid.any()):
+        return torch.zeros(()), {}
+    pose, log_var = model.query(state, targets["query_image"])
+    target = targets["query_pose"]
+    te, re = so3.pose_errors(pose[valid], target[valid])
+    d = so3.relative(target[valid], pose[valid]).detach()
+    err = torch.cat([d[..., :3], so3.quat_to_rotvec(d[..., 3:])], dim=-1)
+    lv = log_var[valid]
+    nll = 0.5 * (err**2 * torch.exp(-lv) + lv).mean()
+    loss = te.mean() + re.mean() + cfg.nll_weight * nll
+    return cfg.query_weight * loss, {
+        "query_m": float(te.mean().detach()),
+        "query_deg": float(re.mean().detach() * 57.2958),
+    }
+
+
+def distill_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean per-slot distance between memories ``[B, T, N, E]``: ``mse_ln`` (squared
+    error after LayerNorm of each slot) or ``cosine`` (1 - cosine similarity)."""
+    if kind == "mse_ln":
+        e = student.shape[-1]
+        diff = nn.functional.layer_norm(student, (e,)) - nn.functional.layer_norm(teacher, (e,))
+        return (diff**2).mean()
+    if kind == "cosine":
+        return (1.0 - nn.functional.cosine_similarity(student, teacher, dim=-1)).mean()
+    raise ValueError(f"unknown distillation distance '{kind}'; choose from {', '.join(DISTANCES)}")
+
+
+def distill_lambda(cfg: TrainConfig, step: int) -> float:
+    if cfg.distill_schedule == "constant":
+        return cfg.distill_weight
+    if cfg.distill_schedule == "anneal":
+        return (
+            cfg.distill_weight * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(cfg.steps, 1))))
+        )
+    raise ValueError(
+        f"unknown schedule '{cfg.distill_schedule}'; choose from {', '.join(SCHEDULES)}"
+    )
+
+
+class Teacher:
+    """A frozen bottleneck teacher run beside the student on the same frames, its own
+    state carried across windows and reset with the student's streams."""
+
+    def __init__(self, path: Path, batch: int) -> None:
+        self.model, data = load_model(path)
+        if "memory" not in self._probe():
+            raise ValueError(
+                f"{path}: cell '{self.model.config.cell}' has no fixed-size slot memory"
+            )
+        self.model.eval().requires_grad_(False)
+        self.path = Path(path)
+        self.config = data["model_config"]
+        self.state = self.model.initial_state(batch)
+
+    def _probe(self) -> dict:
+        c = self.model.config
+        obs = {
+            "image": torch.zeros(1, 3, c.image_height, c.image_width),
+            "odom": torch.tensor([[0, 0, 0, 0, 0, 0, 1.0, 0]]),
+            "dt": torch.zeros(1, 1),
+            "cues": torch.zeros(1, CUE_DIM),
+        }
+        with torch.no_grad():
+            return self.model.step(self.model.initial_state(1), obs)[1]
+
+    @torch.no_grad()
+    def memories(self, obs: dict, reset: torch.Tensor) -> torch.Tensor:
+        self.state, out = self.model.rollout(carry_state(self.model, self.state, reset), obs)
+        return out["memory"]
+
+
+def carry_state(model: LocalisationModel, state: dict, reset: torch.Tensor) -> dict:
+    """The state for the next window: detached (truncated BPTT), fresh for the streams
+    that start an episode. Growing states (the full-history reference and the teacher:
+    one history shared by the batch) mark a restarted stream's past as not ``valid``
+    and drop the leading frames no stream still uses."""
+    fresh = model.initial_state(reset.shape[0])
+    out = {}
+    growing = [k for k, v in fresh.items() if v.dim() >= 2 and v.shape[1] == 0]
+    for k, v in state.items():
+        if k not in growing:
+            out[k] = torch.where(reset.view(-1, *[1] * (v.dim() - 1)), fresh[k], v.detach())
+    if growing:
+        valid = state["valid"] * (~reset).to(state["valid"].dtype)[:, None]
+        used = valid.any(dim=0).nonzero()
+        first = int(used[0]) if len(used) else valid.shape[1]
+        for k in growing:
+            out[k] = (valid if k == "valid" else state[k])[:, first:].detach()
+    return out
+
+
+def init_from(student: LocalisationModel, teacher: LocalisationModel) -> int:
+    """Copy every parameter outside the memory cell whose name and shape match (encoder,
+    motion token, heads); returns how many tensors were copied."""
+    theirs = teacher.state_dict()
+    mine = student.state_dict()
+    copied = {
+        k: v
+        for k, v in theirs.items()
+        if not k.startswith("cell.") and k in mine and mine[k].shape == v.shape
+    }
+    student.load_state_dict(copied, strict=False)
+    return len(copied)
 
 
 @torch.no_grad()
@@ -213,6 +356,7 @@ def save_checkpoint(path: Path, model: LocalisationModel, opt, ckpt: Checkpoint)
             "step": ckpt.step,
             "best": ckpt.best,
             "history": ckpt.history,
+            "teacher": ckpt.teacher,
             "model": model.state_dict(),
             "optimizer": opt.state_dict() if opt is not None else None,
         },
@@ -236,14 +380,20 @@ def fit(
     cfg: TrainConfig,
     resume: Path | None = None,
     progress: bool = True,
+    teacher_path: Path | None = None,
 ) -> Path:
-    """Train; writes ``last.pt`` and ``best.pt`` (by validation score) into ``out_dir``."""
+    """Train; writes ``last.pt`` and ``best.pt`` (by validation score) into ``out_dir``.
+    With ``teacher_path`` (a bottleneck teacher's checkpoint) the student's memory is
+    also pulled towards the frozen teacher's bottleneck at every step."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out_dir = Path(out_dir)
     model = LocalisationModel(model_cfg)
+    teacher = Teacher(teacher_path, cfg.batch) if teacher_path is not None else None
+    if teacher is not None and cfg.init_from_teacher and resume is None:
+        tqdm.write(f"started {init_from(model, teacher.model)} tensors from {teacher_path}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ckpt = Checkpoint(model_cfg, cfg)
+    ckpt = Checkpoint(model_cfg, cfg, teacher=str(teacher_path) if teacher_path else None)
     if resume is not None:
         data = torch.load(resume, map_location="cpu", weights_only=False)
         model.load_state_dict(data["model"])
@@ -264,15 +414,19 @@ def fit(
     while ckpt.step < cfg.steps:
         obs, targets, reset = streams.next(ckpt.step)
         mask = torch.from_numpy(reset)
-        # Carried state is detached (truncated BPTT); streams starting an episode take a
-        # fresh initial state, through which the learned initial memory gets gradients.
-        fresh = model.initial_state(cfg.batch)
-        state = {
-            k: torch.where(mask.view(-1, *[1] * (v.dim() - 1)), fresh[k], v.detach())
-            for k, v in state.items()
-        }
+        # Streams starting an episode take a fresh initial state, through which the
+        # learned initial memory gets gradients.
+        state = carry_state(model, state, mask)
         state, out = model.rollout(state, obs)
         loss, terms = window_loss(out, targets, cfg)
+        q_loss, q_terms = query_loss(model, state, targets, cfg)
+        loss, terms = loss + q_loss, terms | q_terms
+        if teacher is not None:
+            distance = distill_distance(
+                out["memory"], teacher.memories(obs, mask), cfg.distill_distance
+            )
+            loss = loss + distill_lambda(cfg, ckpt.step) * distance
+            terms["distill"] = float(distance.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
