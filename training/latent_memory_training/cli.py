@@ -117,6 +117,36 @@ def _run_bench_accuracy(args: argparse.Namespace, cells: list[str]) -> int:
     return 0
 
 
+def _run_compare(args: argparse.Namespace) -> int:
+    import torch
+
+    from latent_memory_training.benchmark.distillation import run, table
+    from latent_memory_training.data.prepare import find_sequences, load_prepared
+
+    checkpoints = {}
+    for item in args.checkpoint:
+        name, _, path = item.partition("=")
+        if not path:
+            print(f"error: --checkpoint {item}: expected NAME=PATH", file=sys.stderr)
+            return 2
+        checkpoints[name] = Path(path)
+    sizes = {
+        (c["model_config"]["image_width"], c["model_config"]["image_height"])
+        for c in (
+            torch.load(p, map_location="cpu", weights_only=False) for p in checkpoints.values()
+        )
+    }
+    if len(sizes) != 1:
+        print(f"error: the models differ in input size {sorted(sizes)}", file=sys.stderr)
+        return 2
+    (w, h) = sizes.pop()
+    paths = find_sequences(args.data)[: args.limit or None]
+    seqs = load_prepared(paths, w, h, jobs=args.jobs)
+    results = run(checkpoints, seqs, args.out, args.query_every, args.query_min_gap)
+    print(table(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from latent_memory_training.data.cli_render import add_render_arguments
     from latent_memory_training.models.config import ModelConfig
@@ -175,6 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="the long version: the shipped model's budget (2,400 steps) and all held-out sequences",
     )
 
+    compare = sub.add_parser(
+        "compare",
+        help="distillation table: checkpoints side by side on held-out renders (PyTorch)",
+    )
+    compare.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a model to compare; names full, teacher, student, distilled give gap_closed",
+    )
+    compare.add_argument("--data", type=Path, required=True, help="held-out renders (*.npz)")
+    compare.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    compare.add_argument("--limit", type=int, default=0, help="only the first N sequences")
+    compare.add_argument("--jobs", type=int, default=1, help="processes preparing data")
+    compare.add_argument("--query-every", type=int, default=150, help="frames between queries")
+    compare.add_argument("--query-min-gap", type=int, default=30, help="frames back at least")
+
     heldout = sub.add_parser("heldout", help="held-out accuracy of an exported model and baselines")
     heldout.add_argument("--model", type=Path, required=True)
     heldout.add_argument(
@@ -202,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.data:
             return _run_bench_accuracy(args, cells)
         return 0
+    if args.command == "compare":
+        return _run_compare(args)
     if args.command == "heldout":
         from latent_memory_training.benchmark.heldout import run
 

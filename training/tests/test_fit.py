@@ -120,6 +120,27 @@ def test_teacher_then_distilled_student_with_queries(data, tmp_path):
     student = torch.load(tmp_path / "student_mse_ln" / "last.pt", weights_only=False)["model"]
     assert torch.allclose(student["delta.weight"], t["model"]["delta.weight"], atol=0.05)
 
+    full = tmp_path / "full"
+    args = ["fit", *base, "--out", str(full), *FIT_ARGS, "--steps", "2", "--model-cell", "full"]
+    assert cli.main(args) == 0
+    plain = tmp_path / "plain"
+    assert cli.main(["fit", *base, "--out", str(plain), *FIT_ARGS, "--steps", "2"]) == 0
+    results = tmp_path / "compare.json"
+    args = ["compare", "--data", str(data / "val"), "--out", str(results), "--query-every", "10"]
+    args += ["--query-min-gap", "5", "--checkpoint", f"full={full / 'last.pt'}"]
+    args += ["--checkpoint", f"teacher={teacher / 'last.pt'}"]
+    args += ["--checkpoint", f"student={plain / 'last.pt'}"]
+    args += ["--checkpoint", f"distilled={tmp_path / 'student_mse_ln' / 'last.pt'}"]
+    assert cli.main(args) == 0
+    table = json.loads(results.read_text())
+    assert set(table["models"]) == {"full", "teacher", "student", "distilled"}
+    for entry in table["models"].values():
+        for mode in ("odom", "images"):
+            assert np.isfinite(entry[mode]["ate_rmse_m"])
+            assert entry[mode]["queries"] == 3 * 8  # t = 10, 20, 30 of 40 frames
+            assert 0.0 <= entry[mode]["query"]["recall_0.5m_10deg"] <= 1.0
+    assert set(table["gap_closed"]) == {"odom", "images"}
+
     bad = ["distill", "--teacher", str(teacher / "last.pt"), *base, "--out", str(tmp_path / "x")]
     assert cli.main([*bad, *FIT_ARGS, "--steps", "1", "--distill-weight", "0"]) == 2
 
