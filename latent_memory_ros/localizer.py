@@ -79,8 +79,9 @@ class LocalizerConfig:
     base_to_camera: np.ndarray  # camera optical frame in the base frame, xyz_qxyzw
     odom_tolerance_s: float = 0.1
     max_gap_s: float = 1.0  # 0: never restart on a gap
-    uncertain_sigma_m: float = 0.01
-    lost_sigma_m: float = 0.05
+    uncertain_sigma_m: float = 0.00085
+    lost_sigma_m: float = 0.007
+    tracking_frames: int = 3  # a worse state must last this many frames to be entered
     lost_reset_s: float = 2.0  # 0: never restart automatically
     jitter_warn_s: float = 0.02  # 0: never warn
 
@@ -311,14 +312,26 @@ class Localizer:
         return None
 
     def _update_tracking(self, sigma: float, stamp_ns: int) -> None:
+        """The state of this frame's sigma, entered at once when it is better than the
+        current one and after ``tracking_frames`` frames in a row when worse."""
         if sigma >= self.config.lost_sigma_m:
-            self.tracking = TrackingState.LOST
+            raw = TrackingState.LOST
+        elif sigma >= self.config.uncertain_sigma_m:
+            raw = TrackingState.UNCERTAIN
+        else:
+            raw = TrackingState.OK
+        self._recent.append(raw)
+        recent = list(self._recent)[-self.config.tracking_frames :]
+        if raw.value <= self.tracking.value:
+            self.tracking = raw
+        elif len(recent) >= self.config.tracking_frames:
+            persistent = min(recent, key=lambda s: s.value)  # the best of the last N
+            self.tracking = max(self.tracking, persistent, key=lambda s: s.value)
+        if self.tracking is TrackingState.LOST:
             if self._lost_since_ns is None:
                 self._lost_since_ns = stamp_ns
-            return
-        self._lost_since_ns = None
-        uncertain = sigma >= self.config.uncertain_sigma_m
-        self.tracking = TrackingState.UNCERTAIN if uncertain else TrackingState.OK
+        else:
+            self._lost_since_ns = None
 
     def _lost_too_long(self, stamp_ns: int) -> bool:
         return (
@@ -408,4 +421,5 @@ class Localizer:
         self._dts: deque[float] = deque(maxlen=DT_HISTORY)
         self._camera_motion.reset()
         self.tracking = TrackingState.OK
+        self._recent: deque[TrackingState] = deque(maxlen=1000)  # raw per-frame states
         self._lost_since_ns: int | None = None

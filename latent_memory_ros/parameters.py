@@ -142,18 +142,30 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     # Tracking and time.
     _float(
         "uncertain_sigma_m",
-        0.01,
-        "Predicted per-frame translation sigma (m) from which tracking is UNCERTAIN.",
+        0.00085,
+        "Predicted per-frame translation sigma (m) from which tracking is UNCERTAIN. The "
+        "default is the shipped model's p99 with odometry on the held-out split; images "
+        "only, its median is 2.5 mm (docs/benchmarks.md).",
         100.0,
         read_only=False,
     ),
     _float(
         "lost_sigma_m",
-        0.05,
+        0.007,
         "Predicted per-frame translation sigma (m) from which tracking is LOST: outputs "
-        "then carry a covariance of 9999 (rtabmap's convention).",
+        "then carry a covariance of 9999 (rtabmap's convention). The default is 5x the "
+        "held-out p99.9 with odometry.",
         100.0,
         read_only=False,
+    ),
+    ParameterSpec(
+        "tracking_frames",
+        3,
+        "Consecutive frames a worse tracking state must last before it is entered (a "
+        "single-frame spike of the predicted sigma does not flip it); better states are "
+        "entered at once.",
+        read_only=False,
+        int_range=(1, 1000),
     ),
     _float(
         "lost_reset_s",

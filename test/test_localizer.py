@@ -34,7 +34,7 @@ def runtime(model_dir: Path) -> StudentRuntime:
 def localizer(runtime: StudentRuntime) -> Localizer:
     # Synthetic test frames disagree with the test odometry: never UNCERTAIN unless asked.
     config = LocalizerConfig(
-        base_to_camera=MOUNT.copy(), uncertain_sigma_m=10.0, lost_sigma_m=100.0
+        base_to_camera=MOUNT.copy(), uncertain_sigma_m=10.0, lost_sigma_m=100.0, tracking_frames=1
     )
     return Localizer(runtime, config)
 
@@ -201,3 +201,17 @@ def test_a_failed_save_leaves_the_previous_snapshot(localizer: Localizer, tmp_pa
         localizer.save_snapshot(tmp_path / "blocker" / "memory.npz")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "memory.npz"]
+
+
+def test_a_worse_tracking_state_must_last_to_be_entered(localizer: Localizer) -> None:
+    localizer.config.tracking_frames = 3
+    frames = rgb_frames(8)
+    drive(localizer, frames[:2])
+    localizer.config.lost_sigma_m = 1e-12  # every frame from here is LOST on its own
+    states = [
+        localizer.process(f, 10**9 + (2 + k) * STEP_NS, False).tracking
+        for k, f in enumerate(frames[2:5])
+    ]
+    assert states == [TrackingState.OK, TrackingState.OK, TrackingState.LOST]
+    localizer.config.lost_sigma_m = localizer.config.uncertain_sigma_m = 100.0
+    assert localizer.process(frames[5], 10**9 + 5 * STEP_NS, False).tracking is TrackingState.OK

@@ -1,6 +1,7 @@
 """What a robot integrator relies on, each behaviour with the node as a separate process
 over real DDS: TF, tracking states, control services, memory snapshots, time, sim time,
-latency under a slow model, compressed images, camera_info and the lifecycle variant.
+latency under a slow model, compressed images, camera_info, map-free queries and the
+lifecycle variant.
 
 Every test starts its own node (its own name and topics), so they do not see each other.
 """
@@ -25,14 +26,16 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, CompressedImage
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import SetBool, Trigger
 from test_node import CAMERA_FRAME, Harness, image_msg, key, texture_frames
+from visualization_msgs.msg import Marker, MarkerArray
 
 from latent_memory_ros import geometry
-from latent_memory_ros.localizer import LOST_VARIANCE
+from latent_memory_ros.localizer import LOST_VARIANCE, Localizer, LocalizerConfig
 from latent_memory_ros.node import pose_from_msg, pose_to_msg
+from latent_memory_ros.runtime import StudentRuntime
 
 RELIABLE = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
 MOUNT = [0.2, 0.0, 0.4, -0.5, 0.5, -0.5, 0.5]
@@ -187,7 +190,7 @@ def test_odom_to_base_goes_on_tf_and_the_mount_comes_from_tf(
 def test_tracking_states_follow_the_predicted_uncertainty(
     start_node, model_dir: Path, harnesses: list[Harness]
 ) -> None:
-    node, h = start(start_node, model_dir, "lm_tracking", lost_reset_s=0.25)
+    node, h = start(start_node, model_dir, "lm_tracking", lost_reset_s=0.25, tracking_frames=1)
     statuses = subscribe(h, DiagnosticStatus, "/lm_tracking/status")
     h = connect(h, harnesses)
     frames = texture_frames(10)
@@ -253,6 +256,10 @@ def test_set_pose_reanchors_the_output(
 ) -> None:
     node, h = start(start_node, model_dir, "lm_set_pose")
     h = connect(h, harnesses)
+    if "query" not in json.loads((model_dir / "model.json").read_text()):
+        # A model exported before query.onnx: said once at start-up, nothing subscribed.
+        assert node.log().count("has no query graph (query.onnx)") == 1
+        assert h.node.count_subscribers("/lm_set_pose/query/image") == 0
     publisher = h.node.create_publisher(PoseWithCovarianceStamped, "/lm_set_pose/set_pose", 10)
     h.wait(lambda: publisher.get_subscription_count() > 0, "the ~/set_pose subscription")
     frames = texture_frames(4)
@@ -518,6 +525,111 @@ def test_camera_info_is_checked_and_the_field_of_view_adapted(
     h.send_frame(frames[2], base_x=0.1)
     in_log(node, "model fx=")
     assert node.log().count("model fx=") == 1
+
+
+# Queries ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def query_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small exported student with a query graph, its zero-initialised heads perturbed
+    so that the answers (and the memory's effect on the poses) are not trivial."""
+    torch = pytest.importorskip("torch")
+    config = pytest.importorskip("latent_memory_training.models.config")
+    student = pytest.importorskip("latent_memory_training.models.student")
+    export = pytest.importorskip("latent_memory_training.export.onnx_export")
+    torch.manual_seed(0)
+    cfg = config.ModelConfig(image_width=64, image_height=48, dim=32, hidden=64)
+    model = student.LocalisationModel(cfg)
+    with torch.no_grad():
+        for layer in (model.delta, model.query_pose, model.query_log_var):
+            layer.weight.normal_(0.0, 0.05)
+        for p in model.cell.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    out = tmp_path_factory.mktemp("query_model")
+    export.export_model(model.eval(), out, "query")
+    assert (out / "query.onnx").is_file()
+    return out
+
+
+def test_queries_answer_from_the_memory_without_changing_it(
+    start_node, query_model: Path, harnesses: list[Harness]
+) -> None:
+    """An image on ~/query/image is answered on ~/query/pose (stamped with the query's
+    stamp, in the latest frame's camera frame) and ~/query/markers (an arrow in odom);
+    the next frame's pose is the one a run without the query gives."""
+    node, h = start(start_node, query_model, "lm_query", base_to_camera=MOUNT)
+    answers = subscribe(h, PoseWithCovarianceStamped, "/lm_query/query/pose")
+    markers = subscribe(h, MarkerArray, "/lm_query/query/markers")
+    query_pub = h.node.create_publisher(Image, "/lm_query/query/image", RELIABLE)
+    h = connect(h, harnesses)
+    h.wait(lambda: query_pub.get_subscription_count() > 0, "the ~/query/image subscription")
+    for topic in ("/lm_query/query/pose", "/lm_query/query/markers"):
+        h.wait(lambda t=topic: h.node.count_publishers(t) > 0, f"the {topic} publisher")
+    frames = texture_frames(4)
+
+    # Before any frame the memory holds nothing: the query is rejected, said and counted.
+    query_pub.publish(image_msg(frames[0], stamp_at(7.0)))
+    in_log(node, "the memory holds no frame yet")
+    h.status(lambda v: v.get("queries_rejected") == "1" and v.get("queries") == "0")
+
+    # The node's answer is the one the runtime gives after the same frames, here.
+    local = Localizer(
+        StudentRuntime(query_model, providers=["CPUExecutionProvider"], warmup=0),
+        LocalizerConfig(base_to_camera=np.array(MOUNT)),
+    )
+    for k, bgr in enumerate(frames[:3]):
+        pose = h.send_frame(bgr, base_x=0.05 * k)
+        stamp = stamp_ns_of(pose.header.stamp)
+        local.add_odometry(stamp, np.array([0.05 * k, 0, 0, 0, 0, 0, 1.0]))
+        local.process(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), stamp, True)
+    np.testing.assert_allclose(pose_from_msg(pose.pose), local.last_pose, atol=1e-5)
+    expected = local.runtime.query(cv2.cvtColor(frames[0], cv2.COLOR_BGR2RGB))
+
+    query_stamp = Time(sec=42, nanosec=4242)
+    query_pub.publish(image_msg(frames[0], query_stamp))
+    h.wait(lambda: any(key(a.header.stamp) == key(query_stamp) for a in answers), "an answer")
+    h.wait(
+        lambda: any(key(m.markers[0].header.stamp) == key(query_stamp) for m in markers), "a marker"
+    )
+    answer = next(a for a in answers if key(a.header.stamp) == key(query_stamp))
+    assert answer.header.frame_id == CAMERA_FRAME
+    relative = pose_from_msg(answer.pose.pose)
+    covariance = np.reshape(answer.pose.covariance, (6, 6))
+    assert np.all(np.isfinite(relative)) and np.all(np.isfinite(covariance))
+    np.testing.assert_allclose(relative, expected.pose, atol=1e-5)
+    np.testing.assert_allclose(np.diag(covariance), np.exp(expected.log_var), rtol=1e-5)
+    assert np.count_nonzero(covariance - np.diag(np.diag(covariance))) == 0
+    assert np.abs(relative[:3]).max() > 1e-3  # not the untrained identity
+
+    arrow = next(m for m in markers if key(m.markers[0].header.stamp) == key(query_stamp))
+    arrow = arrow.markers[0]
+    assert (arrow.header.frame_id, arrow.type, arrow.ns) == ("odom", Marker.ARROW, "query")
+    camera = geometry.compose(geometry.compose(local.last_pose, np.array(MOUNT)), expected.pose)
+    drawn = pose_from_msg(arrow.pose)
+    np.testing.assert_allclose(drawn[:3], camera[:3], atol=1e-5)
+    # The arrow points along the query camera's optical axis (z).
+    forward = geometry.quat_rotate(camera[3:], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(geometry.quat_rotate(drawn[3:], [1.0, 0.0, 0.0]), forward, atol=1e-6)
+
+    # A broken query image is rejected and counted; the node carries on.
+    query_pub.publish(image_msg(frames[1], stamp_at(43.0), data=b"\x00" * 10))
+    in_log(node, "query image stamped 43.000000000 rejected")
+
+    # The memory was not changed: after a reset, the same frames without a query give
+    # the same pose for the next frame.
+    with_query = pose_from_msg(h.send_frame(frames[3], base_x=0.15).pose)
+    assert h.reset().success
+    for k, bgr in enumerate(frames):
+        without_query = pose_from_msg(h.send_frame(bgr, base_x=0.05 * k).pose)
+    np.testing.assert_allclose(without_query, with_query, atol=1e-9)
+    h.status(lambda v: v["queries"] == "1" and v["queries_rejected"] == "2")
+    assert "Traceback" not in node.log()
+
+
+def stamp_ns_of(stamp: Time) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 # Lifecycle ----------------------------------------------------------------------------
