@@ -1,23 +1,41 @@
-"""Train a localisation model with truncated backpropagation through time.
+r"""Train a localisation model with truncated backpropagation through time.
 
 Streams of frames run through the model window by window with the state carried across
 windows (detached), so a model learns horizons longer than one window; episodes grow
 from ``min_episode`` to whole sequences (the curriculum). Losses are on poses composed
 over several spans inside each window, on the tracked odometry drift, and a Gaussian
 likelihood for the predicted uncertainty.
+
+Several processes train one model with ``DistributedDataParallel`` when launched by
+``torchrun`` (or any launcher that sets ``WORLD_SIZE`` > 1, ``RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT``)::
+
+    torchrun --standalone --nproc_per_node 4 -m latent_memory_training.cli fit \
+        --data data/train --val data/val --out runs/student --threads 2
+
+Each process draws its own streams (rank 0 the same ones as a single-process run), so
+the effective batch is ``nproc_per_node x --batch``; gradients are averaged over the
+processes at every step, so all of them hold the same model. Only rank 0 validates,
+shows progress and writes checkpoints (the same files as a single-process run; every
+rank loads ``--resume``). The model trains on CPU, so the processes talk over gloo.
+Without such a launch, or with one process, fit runs as a single process.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from latent_memory_ros import geometry
@@ -38,6 +56,7 @@ class Checkpoint:
     best: float = math.inf
     history: list = field(default_factory=list)
     teacher: str | None = None
+    world_size: int = 1  # processes that trained it, each drawing `batch` streams
 
 
 def _normalise(images: torch.Tensor) -> torch.Tensor:
@@ -357,6 +376,7 @@ def save_checkpoint(path: Path, model: LocalisationModel, opt, ckpt: Checkpoint)
             "best": ckpt.best,
             "history": ckpt.history,
             "teacher": ckpt.teacher,
+            "world_size": ckpt.world_size,
             "model": model.state_dict(),
             "optimizer": opt.state_dict() if opt is not None else None,
         },
@@ -372,6 +392,57 @@ def load_model(path: Path) -> tuple[LocalisationModel, dict]:
     return model, data
 
 
+class WindowStep(nn.Module):
+    """One training window as one ``forward``: carry the state over (fresh for streams
+    that start an episode), roll the model through the window, and its losses (poses,
+    queries, distillation towards ``teacher_memory``). Returns the loss, its terms and
+    the (detached) state for the next window. Everything that uses the model's parameters
+    happens in here, so that DistributedDataParallel, wrapped around it, synchronises
+    all of their gradients."""
+
+    def __init__(self, model: LocalisationModel, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(
+        self,
+        state: dict,
+        reset: torch.Tensor,
+        obs: dict,
+        targets: dict,
+        teacher_memory: torch.Tensor | None = None,
+        distill_weight: float = 0.0,
+    ) -> tuple[torch.Tensor, dict, dict]:
+        # Streams starting an episode take a fresh initial state, through which the
+        # learned initial memory gets gradients.
+        state = carry_state(self.model, state, reset)
+        state, out = self.model.rollout(state, obs)
+        loss, terms = window_loss(out, targets, self.cfg)
+        q_loss, q_terms = query_loss(self.model, state, targets, self.cfg)
+        loss, terms = loss + q_loss, terms | q_terms
+        if teacher_memory is not None:
+            distance = distill_distance(out["memory"], teacher_memory, self.cfg.distill_distance)
+            loss = loss + distill_weight * distance
+            terms["distill"] = float(distance.detach())
+        return loss, terms, {k: v.detach() for k, v in state.items()}
+
+
+def _start_distributed() -> tuple[int, int, bool]:
+    """``(rank, world size, started)``: from a process group that is already up, from
+    the environment of a torchrun launch (``WORLD_SIZE`` > 1), else ``(0, 1, False)``.
+    ``started`` says that fit opened the group and closes it."""
+    if not dist.is_available():
+        return 0, 1, False
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, False
+    # Gradients are CPU tensors (the model trains on CPU), which gloo reduces; the long
+    # timeout covers the other ranks waiting while rank 0 validates.
+    dist.init_process_group("gloo", timeout=timedelta(hours=2))
+    return dist.get_rank(), dist.get_world_size(), True
+
+
 def fit(
     train: list[PreparedSequence],
     val: list[PreparedSequence],
@@ -384,16 +455,47 @@ def fit(
 ) -> Path:
     """Train; writes ``last.pt`` and ``best.pt`` (by validation score) into ``out_dir``.
     With ``teacher_path`` (a bottleneck teacher's checkpoint) the student's memory is
-    also pulled towards the frozen teacher's bottleneck at every step."""
+    also pulled towards the frozen teacher's bottleneck at every step. Under torchrun,
+    every process calls fit and trains its share (the module's docstring)."""
+    rank, world, started = _start_distributed()
+    try:
+        return _train(
+            train, val, Path(out_dir), model_cfg, cfg, resume, progress, teacher_path, rank, world
+        )
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _train(
+    train: list[PreparedSequence],
+    val: list[PreparedSequence],
+    out_dir: Path,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    resume: Path | None,
+    progress: bool,
+    teacher_path: Path | None,
+    rank: int,
+    world: int,
+) -> Path:
+    lead = rank == 0  # validates, reports and writes checkpoints
+
+    def in_step() -> None:  # the others wait while rank 0 validates or saves
+        if world > 1:
+            dist.barrier()
+
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    out_dir = Path(out_dir)
     model = LocalisationModel(model_cfg)
     teacher = Teacher(teacher_path, cfg.batch) if teacher_path is not None else None
     if teacher is not None and cfg.init_from_teacher and resume is None:
-        tqdm.write(f"started {init_from(model, teacher.model)} tensors from {teacher_path}")
+        copied = init_from(model, teacher.model)
+        if lead:
+            tqdm.write(f"started {copied} tensors from {teacher_path}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = Checkpoint(model_cfg, cfg, teacher=str(teacher_path) if teacher_path else None)
+    ckpt.world_size = world
     if resume is not None:
         data = torch.load(resume, map_location="cpu", weights_only=False)
         model.load_state_dict(data["model"])
@@ -404,63 +506,82 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, (s + start) / max(cfg.steps, 1))))
     )
-    rng = np.random.default_rng(cfg.seed + ckpt.step)
+    # Rank 0 draws what a single process would; the others their own streams.
+    rng = np.random.default_rng(cfg.seed + ckpt.step if lead else [cfg.seed + ckpt.step, rank])
     streams = Streams(train, cfg, rng)
     state = model.initial_state(cfg.batch)
-    baseline = odometry_baseline(val) if val else {}
-    bar = tqdm(total=cfg.steps, initial=ckpt.step, disable=not progress, desc="fit")
+    step_fn: nn.Module = WindowStep(model, cfg)
+    if world > 1:
+        # Broadcasts rank 0's parameters; averages gradients in backward. Parameters can
+        # go unused in a window (the query head while no stream has a query to answer,
+        # always for cells without a slot memory), hence find_unused_parameters: those
+        # unused on every rank keep no gradient, as in a single process. (Its warning
+        # that every parameter was used, once some window uses them all, is harmless.)
+        step_fn = DistributedDataParallel(step_fn, find_unused_parameters=True)
+    baseline = odometry_baseline(val) if val and lead else {}
+    bar = tqdm(total=cfg.steps, initial=ckpt.step, disable=not (progress and lead), desc="fit")
     started, frames = time.perf_counter(), 0
     model.train()
     while ckpt.step < cfg.steps:
         obs, targets, reset = streams.next(ckpt.step)
         mask = torch.from_numpy(reset)
-        # Streams starting an episode take a fresh initial state, through which the
-        # learned initial memory gets gradients.
-        state = carry_state(model, state, mask)
-        state, out = model.rollout(state, obs)
-        loss, terms = window_loss(out, targets, cfg)
-        q_loss, q_terms = query_loss(model, state, targets, cfg)
-        loss, terms = loss + q_loss, terms | q_terms
+        memory, weight = None, 0.0
         if teacher is not None:
-            distance = distill_distance(
-                out["memory"], teacher.memories(obs, mask), cfg.distill_distance
-            )
-            loss = loss + distill_lambda(cfg, ckpt.step) * distance
-            terms["distill"] = float(distance.detach())
+            memory, weight = teacher.memories(obs, mask), distill_lambda(cfg, ckpt.step)
+        loss, terms, state = step_fn(state, mask, obs, targets, memory, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
         ckpt.step += 1
-        frames += cfg.batch * cfg.window
+        frames += cfg.batch * cfg.window * world
         bar.update(1)
         bar.set_postfix(
             loss=f"{float(loss.detach()):.4f}",
             fps=f"{frames / (time.perf_counter() - started):.0f}",
         )
         if val and (ckpt.step % cfg.val_every == 0 or ckpt.step == cfg.steps):
-            with_odom = evaluate(model, val, use_odom=True)
-            images_only = evaluate(model, val, use_odom=False)
-            # One number to pick the best checkpoint: each mode relative to its baseline.
-            score = with_odom["ate_rmse_m"] / baseline["ate_rmse_m"] + images_only["ate_rmse_m"]
-            entry = {
-                "step": ckpt.step,
-                "loss": float(loss.detach()),
-                **terms,
-                "val_ate_odom_mode_m": with_odom["ate_rmse_m"],
-                "val_ate_images_only_m": images_only["ate_rmse_m"],
-                "val_odometry_ate_m": baseline["ate_rmse_m"],
-                "score": score,
-            }
-            ckpt.history.append(entry)
-            tqdm.write(json.dumps(entry))
-            if score < ckpt.best:
-                ckpt.best = score
-                save_checkpoint(out_dir / "best.pt", model, None, ckpt)
+            if lead:
+                _validate(model, val, baseline, loss, terms, ckpt, out_dir)
+            in_step()
         if ckpt.step % 100 == 0 or ckpt.step == cfg.steps:
-            save_checkpoint(out_dir / "last.pt", model, opt, ckpt)
+            if lead:
+                save_checkpoint(out_dir / "last.pt", model, opt, ckpt)
+            in_step()
     bar.close()
-    if not (out_dir / "best.pt").exists():
+    if lead and not (out_dir / "best.pt").exists():
         save_checkpoint(out_dir / "best.pt", model, None, ckpt)
+    in_step()  # best.pt is there for every rank once fit returns
     return out_dir / "best.pt"
+
+
+def _validate(
+    model: LocalisationModel,
+    val: list[PreparedSequence],
+    baseline: dict,
+    loss: torch.Tensor,
+    terms: dict,
+    ckpt: Checkpoint,
+    out_dir: Path,
+) -> None:
+    """Score the model on the validation runs, log it to the history and keep the best
+    checkpoint (``best.pt``). The loss and its terms are this process's last window."""
+    with_odom = evaluate(model, val, use_odom=True)
+    images_only = evaluate(model, val, use_odom=False)
+    # One number to pick the best checkpoint: each mode relative to its baseline.
+    score = with_odom["ate_rmse_m"] / baseline["ate_rmse_m"] + images_only["ate_rmse_m"]
+    entry = {
+        "step": ckpt.step,
+        "loss": float(loss.detach()),
+        **terms,
+        "val_ate_odom_mode_m": with_odom["ate_rmse_m"],
+        "val_ate_images_only_m": images_only["ate_rmse_m"],
+        "val_odometry_ate_m": baseline["ate_rmse_m"],
+        "score": score,
+    }
+    ckpt.history.append(entry)
+    tqdm.write(json.dumps(entry))
+    if score < ckpt.best:
+        ckpt.best = score
+        save_checkpoint(out_dir / "best.pt", model, None, ckpt)
