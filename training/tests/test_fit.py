@@ -139,7 +139,11 @@ def test_teacher_then_distilled_student_with_queries(data, tmp_path):
             assert np.isfinite(entry[mode]["ate_rmse_m"])
             assert entry[mode]["queries"] == 3 * 8  # t = 10, 20, 30 of 40 frames
             assert 0.0 <= entry[mode]["query"]["recall_0.5m_10deg"] <= 1.0
-    assert set(table["gap_closed"]) == {"odom", "images"}
+    assert set(table["gap_closed"]["distilled"]) == {"odom", "images"}
+    # Scored models are kept when the table is extended.
+    before = results.read_text()
+    assert cli.main(args) == 0
+    assert json.loads(results.read_text())["models"] == json.loads(before)["models"]
 
     bad = ["distill", "--teacher", str(teacher / "last.pt"), *base, "--out", str(tmp_path / "x")]
     assert cli.main([*bad, *FIT_ARGS, "--steps", "1", "--distill-weight", "0"]) == 2

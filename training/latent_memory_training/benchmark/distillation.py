@@ -146,8 +146,19 @@ def run(
 ) -> dict:
     torch.set_num_threads(2)
     results: dict = {"sequences": len(seqs), "frames": min(len(s) for s in seqs), "models": {}}
+    out = Path(out)
+    # Models already scored into ``out`` on the same data (same checkpoint file, same
+    # step) are kept, so a table can grow as its models finish training.
+    done = json.loads(out.read_text()) if out.is_file() else {}
+    same_data = {k: done.get(k) for k in ("sequences", "frames")} == {
+        k: results[k] for k in ("sequences", "frames")
+    }
     for name, path in checkpoints.items():
         model, data = load_model(path)
+        previous = done.get("models", {}).get(name, {}) if same_data else {}
+        if previous.get("checkpoint") == str(path) and previous.get("step") == data["step"]:
+            results["models"][name] = previous
+            continue
         entry = {"checkpoint": str(path), "cell": model.config.cell, "step": data["step"]}
         entry["teacher"] = data.get("teacher")
         entry["distill"] = {
@@ -163,18 +174,23 @@ def run(
                 flush=True,
             )
         results["models"][name] = entry
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
     m = results["models"]
-    if {"student", "distilled", "teacher"} <= set(m):
+    if {"student", "teacher"} <= set(m):
+        # Every model named distilled* against the same student and teacher.
         results["gap_closed"] = {
-            mode: gap_closed(
-                m["student"][mode]["ate_rmse_m"],
-                m["distilled"][mode]["ate_rmse_m"],
-                m["teacher"][mode]["ate_rmse_m"],
-            )
-            for mode in ("odom", "images")
+            name: {
+                mode: gap_closed(
+                    m["student"][mode]["ate_rmse_m"],
+                    m[name][mode]["ate_rmse_m"],
+                    m["teacher"][mode]["ate_rmse_m"],
+                )
+                for mode in ("odom", "images")
+            }
+            for name in m
+            if name.startswith("distilled")
         }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     return results
 
