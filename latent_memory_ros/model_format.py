@@ -13,6 +13,7 @@ from pathlib import Path
 
 FORMAT = "latent-memory-model/1"
 STEP_FILE = "step.onnx"
+QUERY_FILE = "query.onnx"
 METADATA_FILE = "model.json"
 STATE_INIT_FILE = "state_init.npz"
 OPTIONAL_INPUTS = ("odom", "dt", "cues")
@@ -30,6 +31,16 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
+class QuerySpec:
+    """The optional ``query`` section: the graph that answers "where was the camera that
+    took this image, seen from the current camera?" from the memory, without changing it."""
+
+    file: str
+    inputs: tuple[str, ...]  # "image" and "state.<name>" for the state entries it reads
+    memory: str  # the state entry holding the memory the query reads
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     directory: Path
     name: str
@@ -44,6 +55,7 @@ class ModelSpec:
     cues: dict
     sha256: dict
     raw: dict
+    query: QuerySpec | None = None
 
     @property
     def uses_odom(self) -> bool:
@@ -104,6 +116,7 @@ def load_spec(directory: Path | str) -> ModelSpec:
             raise ModelError(f"{meta_path}: field 'state[{i}].shape' must be positive integers")
         states.append(StateSpec(name, tuple(shape), _field(entry, "dtype", meta_path, str)))
     sha = _field(data, "sha256", meta_path, dict)
+    query = _query_spec(data, meta_path, {s.name for s in states}) if "query" in data else None
     for key in ("mean", "std", "intrinsics"):
         values = _field(data, f"image.{key}", meta_path, list)
         if not all(isinstance(v, (int, float)) for v in values):
@@ -122,7 +135,36 @@ def load_spec(directory: Path | str) -> ModelSpec:
         cues=data.get("cues", {}),
         sha256=sha,
         raw=data,
+        query=query,
     )
+
+
+def _query_spec(data: dict, meta_path: Path, state_names: set[str]) -> QuerySpec:
+    file = _field(data, "query.file", meta_path, str)
+    if Path(file).name != file or not file.endswith(".onnx"):
+        raise ModelError(
+            f"{meta_path}: field 'query.file' must be an .onnx file name beside model.json, "
+            f"got '{file}'"
+        )
+    inputs = _field(data, "query.inputs", meta_path, list)
+    if "image" not in inputs or not all(isinstance(i, str) for i in inputs):
+        raise ModelError(f"{meta_path}: field 'query.inputs' must list 'image' and state inputs")
+    allowed = {"image"} | {f"state.{name}" for name in state_names}
+    for name in inputs:
+        if name not in allowed:
+            raise ModelError(
+                f"{meta_path}: field 'query.inputs' has '{name}', which is neither 'image' "
+                "nor 'state.<name>' of an entry of field 'state'"
+            )
+    if len(set(inputs)) != len(inputs):
+        raise ModelError(f"{meta_path}: field 'query.inputs' repeats a name")
+    memory = _field(data, "query.memory", meta_path, str)
+    if f"state.{memory}" not in inputs:
+        raise ModelError(
+            f"{meta_path}: field 'query.memory' is '{memory}', which field 'query.inputs' "
+            "does not feed as 'state.<name>'"
+        )
+    return QuerySpec(file=file, inputs=tuple(inputs), memory=memory)
 
 
 def write_metadata(directory: Path, metadata: dict) -> None:

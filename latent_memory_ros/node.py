@@ -13,12 +13,19 @@ back. Interfaces, relative to the node (``~``):
   ``~/markers`` (visualization_msgs/MarkerArray: the tracking state in RViz),
   ``/diagnostics`` at 1 Hz;
 - ``~/reset``, ``~/save_memory``, ``~/load_memory`` (std_srvs/Trigger), ``~/enable``
-  (std_srvs/SetBool), ``~/set_pose`` (geometry_msgs/PoseWithCovarianceStamped topic).
+  (std_srvs/SetBool), ``~/set_pose`` (geometry_msgs/PoseWithCovarianceStamped topic);
+- map-free queries, when the model has a query graph (``query.onnx``): an image on
+  ``~/query/image`` is answered on ``~/query/pose`` (geometry_msgs/
+  PoseWithCovarianceStamped: where the camera that took it is, in the camera frame of
+  the latest processed frame) and ``~/query/markers`` (an arrow in ``odom_frame``).
+  A query reads the memory and never changes it.
 
 Threads: image and odometry callbacks only queue; inference runs in its own callback
-group, services that touch the memory in a third, and parameters and ``~/enable`` in the
-default one, on a multi-threaded executor, so the node answers while a frame is being
-processed. It always runs the most recent frame: frames that arrive while it is busy
+group, services that touch the memory in a third, queries in a fourth, and parameters
+and ``~/enable`` in the default one, on a multi-threaded executor, so the node answers
+while a frame is being processed. A query copies the state under the same lock as
+inference (so it sees the memory between two frames, never half of one) and runs the
+query graph outside it. It always runs the most recent frame: frames that arrive while it is busy
 replace each other (counted as dropped), so latency does not grow when inference is
 slower than the camera.
 """
@@ -173,6 +180,17 @@ class _Counters:
     paused: int = 0
     resets: int = 0
     jitter: int = 0
+    queries: int = 0  # answered
+    queries_rejected: int = 0
+
+
+# Counters that /diagnostics does not prefix with "frames_".
+_NOT_FRAME_COUNTERS = ("resets", "jitter", "queries", "queries_rejected")
+# The arrow marker's frame (x forward, REP 103) in the camera optical frame.
+_Q_OPTICAL_ARROW = geometry.matrix_to_quat(geometry.R_BODY_OPTICAL.T)
+QUERY_COLOUR = ColorRGBA(r=0.9, g=0.2, b=0.9, a=1.0)
+# Keeps exp(log_var) finite in the covariance however wild an untrained head is.
+MAX_LOG_VAR = 30.0
 
 
 def declare_parameters(node: Node) -> None:
@@ -267,10 +285,18 @@ class LocalisationCore:
         self._adapter_key: tuple | None = None
         self._last_estimate: Estimate | None = None
         self._memory_norm = float("nan")
+        self._last_camera_frame = ""  # of the latest processed frame
+        self._supports_query = runtime.supports_query
+        if not self._supports_query:
+            self._log().info(
+                f"model '{spec.name}' has no query graph (query.onnx): ~/query/image is "
+                "not subscribed"
+            )
 
         self._inference_group = MutuallyExclusiveCallbackGroup()
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._control_group = MutuallyExclusiveCallbackGroup()
+        self._query_group = MutuallyExclusiveCallbackGroup()
         pub = self._publisher
         self._pose_pub = pub(PoseStamped, "~/pose", 10)
         self._odometry_pub = pub(Odometry, "~/odometry", 10)
@@ -278,6 +304,9 @@ class LocalisationCore:
         self._status_pub = pub(DiagnosticStatus, "~/status", 10)
         self._markers_pub = pub(MarkerArray, "~/markers", 10)
         self._diagnostics_pub = pub(DiagnosticArray, "/diagnostics", 10)
+        if self._supports_query:
+            self._query_pose_pub = pub(PoseWithCovarianceStamped, "~/query/pose", 10)
+            self._query_markers_pub = pub(MarkerArray, "~/query/markers", 10)
         control = self._control_group
         self._service(Trigger, "~/reset", self._on_reset, control)
         self._service(Trigger, "~/save_memory", self._on_save_memory, control)
@@ -356,6 +385,18 @@ class LocalisationCore:
                 )
             )
             notes.append(f"camera_info from {node.resolve_topic_name(info_topic)}")
+        if self._supports_query:
+            query_topic = "~/query/image" + ("/compressed" if kind is CompressedImage else "")
+            subs.append(
+                node.create_subscription(
+                    kind,
+                    query_topic,
+                    self._on_query,
+                    self._image_qos,
+                    callback_group=self._query_group,
+                )
+            )
+            notes.append(f"queries from {node.resolve_topic_name(query_topic)}")
         self._subscriptions = subs
         self._log().info("listening: " + "; ".join(notes))
 
@@ -408,6 +449,7 @@ class LocalisationCore:
         config = self.localizer.config
         for p in parameters:
             if p.name in (
+                "tracking_frames",
                 "uncertain_sigma_m",
                 "lost_sigma_m",
                 "lost_reset_s",
@@ -516,6 +558,7 @@ class LocalisationCore:
             self._path.clear()
         self._memory_norm = self.localizer.memory_norm
         self._last_estimate = estimate
+        self._last_camera_frame = self._camera_frame or msg.header.frame_id
         self._publish(msg.header.stamp, estimate)
 
     def _adapt(self, rgb: np.ndarray, frame_id: str) -> np.ndarray:
@@ -577,6 +620,80 @@ class LocalisationCore:
         self._extrinsic_from_tf = True
         self._log().info(
             f"{self._base_frame} -> {camera_frame} from TF: {np.round(pose, 4).tolist()}"
+        )
+
+    # Queries (their own group) ----------------------------------------------------------
+
+    def _on_query(self, msg: Any) -> None:
+        """Where was the camera that took this image, seen from the latest frame's camera?
+        Decoding and the query graph run outside the lock; only copying the state (and
+        what the outputs need) holds it, so a query sees the memory between two frames."""
+        try:
+            if isinstance(msg, CompressedImage):
+                rgb = images.compressed_msg_to_rgb(msg)
+            else:
+                rgb = images.image_msg_to_rgb(msg)
+        except images.FrameError as err:
+            self._reject_query(msg, err)
+            return
+        with self._lock:
+            localizer = self.localizer
+            if localizer is None:
+                return
+            runtime = localizer.runtime
+            if runtime.frames == 0:
+                self._reject_query(
+                    msg,
+                    "the memory holds no frame yet (none since start-up, ~/reset or a "
+                    "memory restart): nothing to answer from",
+                )
+                return
+            state = runtime.state  # copies
+            base_pose = None if localizer.last_pose is None else localizer.last_pose.copy()
+            base_to_camera = localizer.config.base_to_camera.copy()
+            camera_frame = self._last_camera_frame or self._camera_frame or msg.header.frame_id
+            adapter, adapter_key = self._adapter, self._adapter_key
+        # The camera's field-of-view mapping applies to query images of its size.
+        if adapter is not None and adapter_key[3:] == (rgb.shape[1], rgb.shape[0]):
+            rgb = adapter.apply(rgb)
+        try:
+            result = runtime.query(rgb, state=state)
+        except ValueError as err:
+            self._reject_query(msg, err)
+            return
+        with self._frames_lock:
+            self.counters.queries += 1
+        header = Header(stamp=msg.header.stamp, frame_id=camera_frame)
+        answer = PoseWithCovarianceStamped(header=header)
+        answer.pose.pose = pose_to_msg(result.pose)
+        variance = np.exp(np.minimum(result.log_var, MAX_LOG_VAR))
+        answer.pose.covariance = np.diag(variance).reshape(36).tolist()
+        self._query_pose_pub.publish(answer)
+        if base_pose is not None:
+            camera = geometry.compose(geometry.compose(base_pose, base_to_camera), result.pose)
+            self._query_markers_pub.publish(self._query_markers(msg.header.stamp, camera))
+
+    def _query_markers(self, stamp: Any, camera_in_odom: np.ndarray) -> MarkerArray:
+        """An arrow along the query camera's viewing direction, in ``odom_frame``."""
+        arrow = Marker(
+            header=Header(stamp=stamp, frame_id=self._odom_frame),
+            ns="query",
+            id=0,
+            type=Marker.ARROW,
+            action=Marker.ADD,
+            color=QUERY_COLOUR,
+        )
+        rotate = np.concatenate([np.zeros(3), _Q_OPTICAL_ARROW])
+        arrow.pose = pose_to_msg(geometry.compose(camera_in_odom, rotate))
+        arrow.scale.x, arrow.scale.y, arrow.scale.z = 0.4, 0.05, 0.05
+        return MarkerArray(markers=[arrow])
+
+    def _reject_query(self, msg: Any, reason: Any) -> None:
+        with self._frames_lock:
+            self.counters.queries_rejected += 1
+        stamp = msg.header.stamp
+        self._warn(
+            "query", f"query image stamped {stamp.sec}.{stamp.nanosec:09d} rejected: {reason}"
         )
 
     # Outputs --------------------------------------------------------------------------
@@ -672,7 +789,7 @@ class LocalisationCore:
             "provider": runtime.active_providers[0],
             "tracking": tracking.name,
             "enabled": str(self._enabled).lower(),
-            **{f"frames_{k}": v for k, v in counters.items() if k not in ("resets", "jitter")},
+            **{f"frames_{k}": v for k, v in counters.items() if k not in _NOT_FRAME_COUNTERS},
             "memory_resets": counters["resets"],
             "jitter_warnings": counters["jitter"],
             "step_ms_p50": f"{p50:.2f}",
@@ -680,6 +797,9 @@ class LocalisationCore:
             "memory_norm": f"{self._memory_norm:.4g}",
             "extrinsic": "tf" if self._extrinsic_from_tf else "parameter",
         }
+        if self._supports_query:
+            values["queries"] = counters["queries"]
+            values["queries_rejected"] = counters["queries_rejected"]
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         self._diagnostics_pub.publish(
             DiagnosticArray(

@@ -19,6 +19,7 @@ import numpy as np
 
 from latent_memory_ros import cues, geometry
 from latent_memory_ros.model_format import (
+    METADATA_FILE,
     STATE_INIT_FILE,
     STEP_FILE,
     ModelError,
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_PROVIDERS",
     "CameraMotionFromOdometry",
     "ModelError",
+    "QueryResult",
     "RunResult",
     "StepResult",
     "StudentRuntime",
@@ -52,6 +54,15 @@ class StepResult:
     pose: np.ndarray  # (7,) camera optical frame in the start camera frame, xyz_qxyzw
     log_var: np.ndarray  # (6,) log variance of this frame's motion: x, y, z, rx, ry, rz
     step_ms: float
+
+
+@dataclass
+class QueryResult:
+    """Where the camera that took a query image is, seen from the current camera."""
+
+    pose: np.ndarray  # (7,) query camera in the current camera optical frame, xyz_qxyzw
+    log_var: np.ndarray  # (6,) log variance of pose: x, y, z (m^2), rx, ry, rz (rad^2)
+    query_ms: float
 
 
 @dataclass
@@ -99,19 +110,7 @@ class StudentRuntime:
         import onnxruntime as ort
 
         self.spec: ModelSpec = load_spec(model_dir)
-        step_path = self.spec.directory / STEP_FILE
-        if not step_path.is_file():
-            raise ModelError(f"{step_path}: file missing")
-        expected = self.spec.sha256.get(STEP_FILE)
-        if expected is None:
-            raise ModelError(
-                f"{self.spec.directory / 'model.json'}: field 'sha256.{STEP_FILE}' missing"
-            )
-        if file_sha256(step_path) != expected:
-            raise ModelError(
-                f"{step_path}: sha256 does not match field 'sha256.{STEP_FILE}' of model.json"
-                " (the graph was changed after export)"
-            )
+        step_path = self._checked_file(STEP_FILE)
         requested = list(providers or DEFAULT_PROVIDERS)
         available = set(ort.get_available_providers())
         usable = [p for p in requested if p in available] or ["CPUExecutionProvider"]
@@ -122,11 +121,7 @@ class StudentRuntime:
         # onnxruntime print()s its own provider fallback to stdout, which would corrupt a
         # CLI's output: capture it and fold the reason into our warning instead.
         ep_messages = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(ep_messages):
-                self._session = ort.InferenceSession(str(step_path), options, providers=usable)
-        except Exception as err:  # onnxruntime raises several unrelated types
-            raise ModelError(f"{step_path}: onnxruntime cannot load it ({err})") from err
+        self._session = self._load_session(step_path, options, usable, ep_messages)
         self.requested_providers = requested
         self.active_providers = list(self._session.get_providers())
         wanted_gpu = [p for p in requested if p in _GPU_PROVIDERS]
@@ -140,6 +135,19 @@ class StudentRuntime:
             )
             log.warning("latent_memory runtime: %s", self.fallback_warning)
         self._check_graph(step_path)
+        self._query_session = None
+        self._query_state: tuple[str, ...] = ()
+        if self.spec.query is not None:
+            query_path = self._checked_file(self.spec.query.file)
+            self._query_session = self._load_session(
+                query_path, options, self.active_providers, io.StringIO()
+            )
+            self._check_query_graph(query_path)
+            self._query_state = tuple(
+                name.removeprefix("state.")
+                for name in self.spec.query.inputs
+                if name.startswith("state.")
+            )
         self._init_state = self._load_init_state()
         self._mean = np.array(self.spec.mean, dtype=np.float32).reshape(3, 1, 1) * 255.0
         self._inv_std = 1.0 / (np.array(self.spec.std, dtype=np.float32).reshape(3, 1, 1) * 255.0)
@@ -151,9 +159,39 @@ class StudentRuntime:
             self.spec.intrinsics, self._cue_config.width / self.spec.image_width
         )
         self.reset()
+        blank = np.zeros((self.spec.image_height, self.spec.image_width, 3), np.uint8)
         for _ in range(warmup):
-            self.step(np.zeros((self.spec.image_height, self.spec.image_width, 3), np.uint8))
+            self.step(blank)
+            if self.supports_query:
+                self.query(blank)
         self.reset()
+
+    def _checked_file(self, name: str) -> Path:
+        """A graph file of the model directory, present and matching ``sha256.<name>``."""
+        path = self.spec.directory / name
+        if not path.is_file():
+            raise ModelError(f"{path}: file missing")
+        expected = self.spec.sha256.get(name)
+        if expected is None:
+            raise ModelError(
+                f"{self.spec.directory / METADATA_FILE}: field 'sha256.{name}' missing"
+            )
+        if file_sha256(path) != expected:
+            raise ModelError(
+                f"{path}: sha256 does not match field 'sha256.{name}' of model.json"
+                " (the graph was changed after export)"
+            )
+        return path
+
+    @staticmethod
+    def _load_session(path: Path, options, providers: list[str], messages: io.StringIO):
+        import onnxruntime as ort
+
+        try:
+            with contextlib.redirect_stdout(messages):
+                return ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # onnxruntime raises several unrelated types
+            raise ModelError(f"{path}: onnxruntime cannot load it ({err})") from err
 
     def _check_graph(self, step_path: Path) -> None:
         meta = self.spec.directory / "model.json"
@@ -173,21 +211,9 @@ class StudentRuntime:
             want_in[f"state.{s.name}"] = list(s.shape)
         want_out = {"pose": [1, 7], "log_var": [1, 6]}
         want_out |= {f"state_out.{s.name}": list(s.shape) for s in self.spec.state}
-        for kind, have, want in (("input", inputs, want_in), ("output", outputs, want_out)):
-            extra = set(have) - set(want)
-            if extra:
-                raise ModelError(
-                    f"{meta}: {step_path.name} has {kind}s {sorted(extra)} that field "
-                    "'state' / 'inputs_optional' does not describe"
-                )
-            for name, shape in want.items():
-                if name not in have:
-                    raise ModelError(f"{meta}: {step_path.name} lacks {kind} '{name}'")
-                if list(have[name].shape) != shape:
-                    raise ModelError(
-                        f"{meta}: {step_path.name} {kind} '{name}' has shape "
-                        f"{list(have[name].shape)}, model.json implies {shape}"
-                    )
+        _check_signature(
+            meta, step_path.name, inputs, outputs, want_in, want_out, "'state' / 'inputs_optional'"
+        )
         if (
             "cues" in self.spec.inputs_optional
             and self.spec.cues.get("version") != cues.CUES_VERSION
@@ -196,6 +222,18 @@ class StudentRuntime:
                 f"{meta}: field 'cues.version' is '{self.spec.cues.get('version')}', "
                 f"this runtime computes '{cues.CUES_VERSION}'"
             )
+
+    def _check_query_graph(self, query_path: Path) -> None:
+        meta = self.spec.directory / METADATA_FILE
+        shapes = {f"state.{s.name}": list(s.shape) for s in self.spec.state}
+        shapes["image"] = [1, 3, self.spec.image_height, self.spec.image_width]
+        want_in = {name: shapes[name] for name in self.spec.query.inputs}
+        want_out = {"rel_pose": [1, 7], "log_var": [1, 6]}
+        inputs = {i.name: i for i in self._query_session.get_inputs()}
+        outputs = {o.name: o for o in self._query_session.get_outputs()}
+        _check_signature(
+            meta, query_path.name, inputs, outputs, want_in, want_out, "'query.inputs'"
+        )
 
     def _load_init_state(self) -> dict[str, np.ndarray]:
         path = self.spec.directory / STATE_INIT_FILE
@@ -249,6 +287,41 @@ class StudentRuntime:
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         chw = rgb.transpose(2, 0, 1).astype(np.float32)
         return ((chw - self._mean) * self._inv_std)[None]
+
+    @property
+    def supports_query(self) -> bool:
+        """Whether the model has a query graph (``query.onnx``): see :meth:`query`."""
+        return self._query_session is not None
+
+    def query(self, rgb: np.ndarray, state: dict[str, np.ndarray] | None = None) -> QueryResult:
+        """Where the camera that took ``rgb`` (uint8 HxWx3, any size, pre-processed like
+        :meth:`step`'s frames) is in the current camera's optical frame, read from the
+        memory of ``state`` (default: the carried state, as after the last :meth:`step`).
+        Nothing changes: the state, the frame count and the previous frame stay as they
+        were. Raises ModelError when the model has no query graph."""
+        start = time.perf_counter()
+        if self._query_session is None:
+            raise ModelError(
+                f"{self.spec.directory / METADATA_FILE}: model '{self.spec.name}' has no "
+                "query graph (no field 'query'; models exported before query.onnx existed)"
+            )
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
+        state = self._state if state is None else state
+        feed = {"image": self.preprocess(rgb)}
+        for name in self._query_state:
+            feed[f"state.{name}"] = state[name]
+        outputs = self._query_session.run(None, feed)
+        result = dict(
+            zip((o.name for o in self._query_session.get_outputs()), outputs, strict=True)
+        )
+        pose = result["rel_pose"][0].astype(np.float64)
+        pose[3:] /= np.linalg.norm(pose[3:])
+        return QueryResult(
+            pose=pose,
+            log_var=result["log_var"][0].astype(np.float64),
+            query_ms=(time.perf_counter() - start) * 1e3,
+        )
 
     def step(
         self, rgb: np.ndarray, odom_motion: np.ndarray | None = None, dt: float | None = None
@@ -319,3 +392,30 @@ class StudentRuntime:
             log_var=np.array(log_var).reshape(-1, 6),
             step_ms=np.array(step_ms),
         )
+
+
+def _check_signature(
+    meta: Path,
+    graph: str,
+    inputs: dict,
+    outputs: dict,
+    want_in: dict[str, list[int]],
+    want_out: dict[str, list[int]],
+    described_by: str,
+) -> None:
+    """The graph's inputs and outputs are exactly the ones model.json implies."""
+    for kind, have, want in (("input", inputs, want_in), ("output", outputs, want_out)):
+        extra = set(have) - set(want)
+        if extra:
+            raise ModelError(
+                f"{meta}: {graph} has {kind}s {sorted(extra)} that field {described_by} "
+                "does not describe"
+            )
+        for name, shape in want.items():
+            if name not in have:
+                raise ModelError(f"{meta}: {graph} lacks {kind} '{name}'")
+            if list(have[name].shape) != shape:
+                raise ModelError(
+                    f"{meta}: {graph} {kind} '{name}' has shape "
+                    f"{list(have[name].shape)}, model.json implies {shape}"
+                )

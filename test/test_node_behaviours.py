@@ -542,8 +542,9 @@ def query_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = config.ModelConfig(image_width=64, image_height=48, dim=32, hidden=64)
     model = student.LocalisationModel(cfg)
     with torch.no_grad():
-        for layer in (model.delta, model.query_pose, model.query_log_var):
+        for layer in (model.query_pose, model.query_log_var):
             layer.weight.normal_(0.0, 0.05)
+        model.delta.weight.normal_(0.0, 0.5)  # the memory moves the poses measurably
         for p in model.cell.parameters():
             if not p.any():
                 p.normal_(0.0, 0.05)
@@ -554,12 +555,16 @@ def query_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_queries_answer_from_the_memory_without_changing_it(
-    start_node, query_model: Path, harnesses: list[Harness]
+    start_node, query_model: Path, harnesses: list[Harness], tmp_path: Path
 ) -> None:
     """An image on ~/query/image is answered on ~/query/pose (stamped with the query's
     stamp, in the latest frame's camera frame) and ~/query/markers (an arrow in odom);
-    the next frame's pose is the one a run without the query gives."""
-    node, h = start(start_node, query_model, "lm_query", base_to_camera=MOUNT)
+    the memory is the same after the query, and the next frame's pose is the one a run
+    without the query gives."""
+    snapshot = tmp_path / "memory.npz"
+    node, h = start(
+        start_node, query_model, "lm_query", base_to_camera=MOUNT, snapshot_path=snapshot
+    )
     answers = subscribe(h, PoseWithCovarianceStamped, "/lm_query/query/pose")
     markers = subscribe(h, MarkerArray, "/lm_query/query/markers")
     query_pub = h.node.create_publisher(Image, "/lm_query/query/image", RELIABLE)
@@ -587,6 +592,13 @@ def test_queries_answer_from_the_memory_without_changing_it(
     np.testing.assert_allclose(pose_from_msg(pose.pose), local.last_pose, atol=1e-5)
     expected = local.runtime.query(cv2.cvtColor(frames[0], cv2.COLOR_BGR2RGB))
 
+    def memory() -> dict[str, np.ndarray]:
+        assert call(h, Trigger, "/lm_query/save_memory", Trigger.Request()).success
+        with np.load(snapshot) as data:
+            return {k: data[k] for k in data.files if k.startswith("state.")}
+
+    before = memory()
+
     query_stamp = Time(sec=42, nanosec=4242)
     query_pub.publish(image_msg(frames[0], query_stamp))
     h.wait(lambda: any(key(a.header.stamp) == key(query_stamp) for a in answers), "an answer")
@@ -602,6 +614,10 @@ def test_queries_answer_from_the_memory_without_changing_it(
     np.testing.assert_allclose(np.diag(covariance), np.exp(expected.log_var), rtol=1e-5)
     assert np.count_nonzero(covariance - np.diag(np.diag(covariance))) == 0
     assert np.abs(relative[:3]).max() > 1e-3  # not the untrained identity
+    after = memory()
+    assert set(after) == set(before) and "state.memory" in after
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
 
     arrow = next(m for m in markers if key(m.markers[0].header.stamp) == key(query_stamp))
     arrow = arrow.markers[0]

@@ -1,4 +1,5 @@
-"""Export parity: PyTorch and the ROS-free runtime agree over a 100-step rollout."""
+"""Export parity: PyTorch and the ROS-free runtime agree over a 100-step rollout, and the
+query graph answers like ``LocalisationModel.query`` without touching the state."""
 
 import json
 import shutil
@@ -11,7 +12,7 @@ import torch
 
 from latent_memory_ros import cues as cue_defs
 from latent_memory_ros import geometry
-from latent_memory_ros.model_format import ModelError
+from latent_memory_ros.model_format import ModelError, file_sha256
 from latent_memory_ros.runtime import StudentRuntime
 from latent_memory_training.export.onnx_export import export_model
 from latent_memory_training.models.cells import CELLS
@@ -27,7 +28,8 @@ def perturbed_model(cell: str) -> LocalisationModel:
     torch.manual_seed(0)
     model = LocalisationModel(ModelConfig(cell=cell))
     with torch.no_grad():
-        for layer in (model.delta, model.log_var, model.speed, model.bias_rate):
+        heads = (model.delta, model.log_var, model.speed, model.bias_rate)
+        for layer in (*heads, model.query_pose, model.query_log_var):
             layer.weight.normal_(0.0, 0.05)
         for p in model.cell.parameters():
             if not p.any():
@@ -85,6 +87,8 @@ def test_runtime_matches_pytorch_over_100_steps(cell, tmp_path):
         for name, value in rt.state.items():
             worst = max(worst, np.abs(value - state[name].numpy()).max())
     assert rt.spec.cell == cell and set(rt.state) == set(state)
+    assert rt.supports_query == model.supports_query
+    assert (model_dir / "query.onnx").is_file() == model.supports_query
     assert worst < 1e-4
     assert rt.frames == 100
 
@@ -120,6 +124,14 @@ def _broken_copy(src, tmp_path, edit):
         (lambda m, d: m["sha256"].update({"step.onnx": "0" * 64}), "sha256"),
         (lambda m, d: m.update(inputs_optional=["odom", "dt"]), "inputs_optional"),
         (lambda m, d: (d / "step.onnx").unlink(), "step.onnx: file missing"),
+        (lambda m, d: m["sha256"].update({"query.onnx": "0" * 64}), "query.onnx: sha256"),
+        (lambda m, d: m["sha256"].pop("query.onnx"), "field 'sha256.query.onnx' missing"),
+        (lambda m, d: (d / "query.onnx").unlink(), "query.onnx: file missing"),
+        (lambda m, d: m["query"].update(inputs=["image", "state.nope"]), "'query.inputs'"),
+        (lambda m, d: m["query"].update(inputs=["image", "state.pose"]), "'query.memory'"),
+        (lambda m, d: m["query"].update(inputs=["image"], memory="x"), "'query.memory'"),
+        (lambda m, d: m["query"].update(file="../step.onnx"), "'query.file'"),
+        (lambda m, d: m["query"].pop("inputs"), "'query.inputs'"),
     ],
 )
 def test_bad_model_is_refused_with_a_message_naming_the_field(exported, tmp_path, edit, message):
@@ -132,3 +144,105 @@ def test_bad_model_is_refused_with_a_message_naming_the_field(exported, tmp_path
 def test_missing_model_directory(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         StudentRuntime(tmp_path / "nope", providers=["CPUExecutionProvider"])
+
+
+# Queries ------------------------------------------------------------------------------
+
+
+def test_query_graph_is_declared_in_model_json(exported):
+    _, model_dir = exported
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["query"]["file"] == "query.onnx"
+    assert meta["query"]["inputs"] == ["image", "state.memory"]
+    assert meta["query"]["outputs"] == ["rel_pose", "log_var"]
+    assert meta["query"]["memory"] == "memory"
+    assert meta["sha256"]["query.onnx"] == file_sha256(model_dir / "query.onnx")
+    assert meta["sha256"]["step.onnx"] == file_sha256(model_dir / "step.onnx")
+
+
+def test_query_matches_pytorch_after_rolling_steps(exported):
+    """Queries of earlier frames, asked every few steps of a rollout, agree with
+    ``LocalisationModel.query`` on the PyTorch state within 1e-4."""
+    model, model_dir = exported
+    rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
+    assert rt.supports_query
+    state = model.initial_state(1)
+    cfg = cue_defs.CueConfig()
+    k = cue_defs.scale_intrinsics(np.array(rt.spec.intrinsics), cfg.width / rt.spec.image_width)
+    prev, seen, worst, asked = None, [], 0.0, 0
+    for t, (rgb, odom) in enumerate(_frames(24)):
+        rt.step(rgb, odom_motion=odom, dt=1 / 30)
+        gray = cue_defs.to_gray(rgb, cfg)
+        obs = {
+            "image": torch.from_numpy(rt.preprocess(rgb)),
+            "odom": torch.tensor(
+                [[*(odom if odom is not None else [0, 0, 0, 0, 0, 0, 1]), float(odom is not None)]]
+            ).float(),
+            "dt": torch.tensor([[1 / 30]]),
+            "cues": torch.from_numpy(cue_defs.two_view_cues(prev, gray, k, cfg))[None],
+        }
+        prev = gray
+        seen.append(rgb)
+        with torch.no_grad():
+            state, _ = model.step(state, obs)
+        if t % 6 != 5:
+            continue
+        for query_rgb in (seen[0], seen[t // 2], rgb):
+            result = rt.query(query_rgb)
+            with torch.no_grad():
+                pose, log_var = model.query(state, torch.from_numpy(rt.preprocess(query_rgb)))
+            pose = pose[0].double().numpy()
+            pose[3:] /= np.linalg.norm(pose[3:])
+            worst = max(worst, np.abs(result.pose - pose).max())
+            worst = max(worst, np.abs(result.log_var - log_var[0].numpy()).max())
+            asked += 1
+            # A perturbed model answers something other than the untrained identity.
+            assert np.abs(result.pose[:3]).max() > 1e-3
+            assert np.isclose(np.linalg.norm(result.pose[3:]), 1.0)
+    assert asked == 12 and worst < 1e-4
+
+
+def test_queries_do_not_change_the_state(exported):
+    """A run with queries interleaved gives the same poses and state as one without."""
+    _, model_dir = exported
+    plain = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
+    asked = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
+    frames = list(_frames(12))
+    for t, (rgb, odom) in enumerate(frames):
+        expected = plain.step(rgb, odom_motion=odom, dt=1 / 30)
+        before = asked.state
+        for query_rgb, _ in frames[: t + 1 : 3]:
+            asked.query(query_rgb)
+        asked.query(cv2.resize(rgb, (320, 240)))  # any size, like step's frames
+        for name, value in asked.state.items():
+            np.testing.assert_array_equal(value, before[name])
+        got = asked.step(rgb, odom_motion=odom, dt=1 / 30)
+        np.testing.assert_array_equal(got.pose, expected.pose)
+        np.testing.assert_array_equal(got.log_var, expected.log_var)
+    assert asked.frames == plain.frames == 12
+    # An explicit state is read instead of the carried one, and not changed either.
+    snapshot = asked.state
+    fresh = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
+    from_snapshot = fresh.query(frames[0][0], state=snapshot)
+    np.testing.assert_array_equal(from_snapshot.pose, asked.query(frames[0][0]).pose)
+    assert fresh.frames == 0
+
+
+def test_a_model_without_a_query_graph_loads_and_says_so(exported, tmp_path):
+    """Models exported before query.onnx (like the shipped default) stay valid."""
+    _, model_dir = exported
+
+    def drop_query(meta, d):
+        meta.pop("query")
+        meta["sha256"].pop("query.onnx")
+        (d / "query.onnx").unlink()
+
+    old = _broken_copy(model_dir, tmp_path, drop_query)
+    rt = StudentRuntime(old, providers=["CPUExecutionProvider"], warmup=0)
+    assert not rt.supports_query
+    with pytest.raises(ModelError, match="has no query graph"):
+        rt.query(np.zeros((48, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0).query(
+            np.zeros((48, 64), np.uint8)
+        )

@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from latent_memory_ros import cues as cue_defs
-from latent_memory_ros.model_format import STATE_INIT_FILE, STEP_FILE, write_metadata
+from latent_memory_ros.model_format import (
+    QUERY_FILE,
+    STATE_INIT_FILE,
+    STEP_FILE,
+    write_metadata,
+)
 from latent_memory_training.models.config import IMAGE_MEAN, IMAGE_STD
 from latent_memory_training.models.student import LocalisationModel
 
@@ -36,6 +41,24 @@ class StepGraph(nn.Module):
         return (out["pose"], out["log_var"], *(new_state[k] for k in self.state_names))
 
 
+class QueryGraph(nn.Module):
+    """Flat tensor signature of ``LocalisationModel.query``: the image and the memory in,
+    the query camera's pose in the current camera frame and its log variance out."""
+
+    def __init__(self, model: LocalisationModel) -> None:
+        super().__init__()
+        self.model = model
+        self.memory_key = model.cell.memory_key
+
+    def forward(self, image, memory):
+        return self.model.query({self.memory_key: memory}, image)
+
+
+def exports_query(model: LocalisationModel) -> bool:
+    """Whether ``export_model`` writes ``query.onnx`` for this model."""
+    return bool(getattr(model, "supports_query", False)) and getattr(model.cell, "exportable", True)
+
+
 def example_inputs(model: LocalisationModel) -> tuple[torch.Tensor, ...]:
     c = model.config
     odom = torch.zeros(1, 8)
@@ -54,6 +77,25 @@ def model_intrinsics(width: int) -> list[float]:
     return list(cue_defs.scale_intrinsics(np.array(REFERENCE_INTRINSICS), width / REFERENCE_WIDTH))
 
 
+def _export(graph: nn.Module, inputs: tuple, path: Path, input_names, output_names) -> None:
+    """One single-file, static-shape graph, written atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.no_grad():
+        torch.onnx.export(
+            graph.eval(),
+            inputs,
+            str(tmp),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
+    tmp.replace(path)
+
+
 def export_model(
     model: LocalisationModel,
     out_dir: Path,
@@ -61,67 +103,81 @@ def export_model(
     training: dict | None = None,
     metrics: dict | None = None,
 ) -> Path:
-    """Write ``step.onnx``, ``state_init.npz`` and ``model.json`` into ``out_dir``."""
+    """Write ``step.onnx``, ``query.onnx`` (when the model answers queries),
+    ``state_init.npz`` and ``model.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    graph = StepGraph(model).eval()
+    graph = StepGraph(model)
     names = graph.state_names
-    tmp = out_dir / (STEP_FILE + ".tmp")
-    with torch.no_grad():
-        torch.onnx.export(
-            graph,
-            example_inputs(model),
-            str(tmp),
-            input_names=["image", "odom", "dt", "cues", *(f"state.{k}" for k in names)],
-            output_names=["pose", "log_var", *(f"state_out.{k}" for k in names)],
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,
-            optimize=True,
-            verbose=False,
-        )
-    tmp.replace(out_dir / STEP_FILE)
+    _export(
+        graph,
+        example_inputs(model),
+        out_dir / STEP_FILE,
+        ["image", "odom", "dt", "cues", *(f"state.{k}" for k in names)],
+        ["pose", "log_var", *(f"state_out.{k}" for k in names)],
+    )
     init = model.initial_state(1)
+    query_section = None
+    if exports_query(model):
+        key = model.cell.memory_key
+        query_inputs = ["image", f"state.{key}"]
+        _export(
+            QueryGraph(model),
+            (example_inputs(model)[0], init[key].detach()),
+            out_dir / QUERY_FILE,
+            query_inputs,
+            ["rel_pose", "log_var"],
+        )
+        query_section = {
+            "file": QUERY_FILE,
+            "inputs": query_inputs,
+            "outputs": ["rel_pose", "log_var"],
+            "memory": key,
+            "frame": "rel_pose: xyz_qxyzw (m) of the query image's camera in the current "
+            "camera optical frame; log_var: x, y, z (m^2), rx, ry, rz (rad^2)",
+        }
+    else:
+        (out_dir / QUERY_FILE).unlink(missing_ok=True)  # a stale one from an earlier export
     np.savez(
         out_dir / STATE_INIT_FILE,
         **{k: v.detach().numpy().astype(np.float32) for k, v in init.items()},
     )
     c = model.config
-    write_metadata(
-        out_dir,
-        {
-            "name": name,
-            "cell": c.cell,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "config": c.to_dict(),
-            "training": training or {},
-            "metrics": metrics or {},
-            "image": {
-                "height": c.image_height,
-                "width": c.image_width,
-                "encoding": "rgb8",
-                "mean": list(IMAGE_MEAN),
-                "std": list(IMAGE_STD),
-                "intrinsics": model_intrinsics(c.image_width),
-            },
-            "cues": {
-                "version": cue_defs.CUES_VERSION,
-                "width": 320,
-                "height": 240,
-                "dim": cue_defs.CUE_DIM,
-            },
-            "inputs_optional": ["odom", "dt", "cues"],
-            "state": [
-                {"name": k, "shape": [1, *s], "dtype": "float32"}
-                for k, s in model.state_shapes().items()
-            ],
-            "pose": {
-                "parameterisation": "xyz_qxyzw",
-                "frame": "camera optical frame (x right, y down, z forward) of the first frame",
-                "units": "m",
-            },
-            "log_var": "log variance of this frame's motion: x, y, z (m^2), rx, ry, rz (rad^2)",
+    metadata = {
+        "name": name,
+        "cell": c.cell,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": c.to_dict(),
+        "training": training or {},
+        "metrics": metrics or {},
+        "image": {
+            "height": c.image_height,
+            "width": c.image_width,
+            "encoding": "rgb8",
+            "mean": list(IMAGE_MEAN),
+            "std": list(IMAGE_STD),
+            "intrinsics": model_intrinsics(c.image_width),
         },
-    )
+        "cues": {
+            "version": cue_defs.CUES_VERSION,
+            "width": 320,
+            "height": 240,
+            "dim": cue_defs.CUE_DIM,
+        },
+        "inputs_optional": ["odom", "dt", "cues"],
+        "state": [
+            {"name": k, "shape": [1, *s], "dtype": "float32"}
+            for k, s in model.state_shapes().items()
+        ],
+        "pose": {
+            "parameterisation": "xyz_qxyzw",
+            "frame": "camera optical frame (x right, y down, z forward) of the first frame",
+            "units": "m",
+        },
+        "log_var": "log variance of this frame's motion: x, y, z (m^2), rx, ry, rz (rad^2)",
+    }
+    if query_section is not None:
+        metadata["query"] = query_section
+    write_metadata(out_dir, metadata)
     return out_dir
