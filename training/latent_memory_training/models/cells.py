@@ -612,7 +612,7 @@ class FullHistoryTransformer(nn.Module):
         return self._attend(state, self.summary(tokens))
 
 
-class BottleneckTeacher(nn.Module):
+class BottleneckTeacher(MemoryCell):
     """The distillation teacher: the whole history, read through a fixed-size bottleneck.
 
     Each frame adds one summary vector to the history (the same ``FrameSummary`` as
