@@ -20,6 +20,7 @@ from rosbags.interfaces import Connection
 from rosbags.typesys import Stores, get_typestore
 
 from latent_memory_ros import geometry
+from latent_memory_ros.images import camera_info_topic as camera_info_topic_beside
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 POSE_TYPES = (
@@ -131,7 +132,7 @@ def read_run(
         gt_conns = _connections(reader, path, gt_topic, POSE_TYPES) if gt_topic else []
         odom_conns = _connections(reader, path, odom_topic, POSE_TYPES) if odom_topic else []
         if camera_info_topic is None:
-            sibling = image_topic.rsplit("/", 1)[0] + "/camera_info"
+            sibling = camera_info_topic_beside(image_topic)
             if any(c.topic == sibling for c in reader.connections):
                 camera_info_topic = sibling
         info_conns = (

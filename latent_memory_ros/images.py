@@ -336,6 +336,12 @@ def compressed_msg_to_rgb(
 # --- camera_info and the model's field of view ---------------------------------------------
 
 
+def camera_info_topic(image_topic: str) -> str:
+    """image_transport's convention: camera_info beside the image topic."""
+    namespace, slash, _ = image_topic.rpartition("/")
+    return f"{namespace}{slash}camera_info"
+
+
 class PinholeCamera(NamedTuple):
     """Image size and intrinsics of an undistorted camera, pixel centres at integers.
 
@@ -572,6 +578,7 @@ __all__ = [
     "FieldOfViewAdapter",
     "FrameError",
     "PinholeCamera",
+    "camera_info_topic",
     "check_camera_info",
     "compressed_msg_to_rgb",
     "image_msg_to_rgb",

@@ -137,12 +137,6 @@ def image_qos_profile(name: str, depth: int) -> QoSProfile:
     )
 
 
-def camera_info_topic(image_topic: str) -> str:
-    """image_transport's convention: camera_info beside the image topic."""
-    namespace, slash, _ = image_topic.rpartition("/")
-    return f"{namespace}{slash}camera_info"
-
-
 def stamp_ns(stamp: Any) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
 
@@ -374,7 +368,9 @@ class LocalisationCore:
             )
             notes.append(f"odometry from {node.resolve_topic_name(param('odom_topic'))}")
         if self._use_camera_info:
-            info_topic = param("camera_info_topic") or camera_info_topic(param("image_topic"))
+            info_topic = param("camera_info_topic") or images.camera_info_topic(
+                param("image_topic")
+            )
             subs.append(
                 node.create_subscription(
                     CameraInfo,

@@ -25,10 +25,10 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from latent_memory_ros import geometry
+from latent_memory_ros.images import camera_info_topic
 from latent_memory_ros.model_format import default_model_dir
 from latent_memory_ros.node import (
     StartupError,
-    camera_info_topic,
     image_qos_profile,
     pose_from_msg,
     pose_to_msg,
