@@ -58,17 +58,13 @@ def _frames(n: int):
         yield rgb, (None if t == 0 else odom)
 
 
-@pytest.mark.parametrize("cell", EXPORTABLE)
-def test_runtime_matches_pytorch_over_100_steps(cell, tmp_path):
-    model = perturbed_model(cell)
-    model_dir = export_model(model, tmp_path, f"parity-{cell}")
-    rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"])
-    state = model.initial_state(1)
+def _stepped(rt: StudentRuntime, frames):
+    """Each frame stepped through the runtime, with the observation the PyTorch model
+    needs for the same frame (the runtime's pre-processing and cues): (rgb, result, obs)."""
     cfg = cue_defs.CueConfig()
     k = cue_defs.scale_intrinsics(np.array(rt.spec.intrinsics), cfg.width / rt.spec.image_width)
     prev = None
-    worst = 0.0
-    for rgb, odom in _frames(100):
+    for rgb, odom in frames:
         res = rt.step(rgb, odom_motion=odom, dt=1 / 30)
         gray = cue_defs.to_gray(rgb, cfg)
         obs = {
@@ -80,6 +76,17 @@ def test_runtime_matches_pytorch_over_100_steps(cell, tmp_path):
             "cues": torch.from_numpy(cue_defs.two_view_cues(prev, gray, k, cfg))[None],
         }
         prev = gray
+        yield rgb, res, obs
+
+
+@pytest.mark.parametrize("cell", EXPORTABLE)
+def test_runtime_matches_pytorch_over_100_steps(cell, tmp_path):
+    model = perturbed_model(cell)
+    model_dir = export_model(model, tmp_path, f"parity-{cell}")
+    rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"])
+    state = model.initial_state(1)
+    worst = 0.0
+    for _, res, obs in _stepped(rt, _frames(100)):
         with torch.no_grad():
             state, out = model.step(state, obs)
         worst = max(worst, np.abs(res.log_var - out["log_var"][0].numpy()).max())
@@ -167,21 +174,8 @@ def test_query_matches_pytorch_after_rolling_steps(exported):
     rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
     assert rt.supports_query
     state = model.initial_state(1)
-    cfg = cue_defs.CueConfig()
-    k = cue_defs.scale_intrinsics(np.array(rt.spec.intrinsics), cfg.width / rt.spec.image_width)
-    prev, seen, worst, asked = None, [], 0.0, 0
-    for t, (rgb, odom) in enumerate(_frames(24)):
-        rt.step(rgb, odom_motion=odom, dt=1 / 30)
-        gray = cue_defs.to_gray(rgb, cfg)
-        obs = {
-            "image": torch.from_numpy(rt.preprocess(rgb)),
-            "odom": torch.tensor(
-                [[*(odom if odom is not None else [0, 0, 0, 0, 0, 0, 1]), float(odom is not None)]]
-            ).float(),
-            "dt": torch.tensor([[1 / 30]]),
-            "cues": torch.from_numpy(cue_defs.two_view_cues(prev, gray, k, cfg))[None],
-        }
-        prev = gray
+    seen, worst, asked = [], 0.0, 0
+    for t, (rgb, _, obs) in enumerate(_stepped(rt, _frames(24))):
         seen.append(rgb)
         with torch.no_grad():
             state, _ = model.step(state, obs)
