@@ -20,6 +20,7 @@ from rosbags.interfaces import Connection
 from rosbags.typesys import Stores, get_typestore
 
 from latent_memory_ros import geometry
+from latent_memory_ros.images import PinholeCamera
 from latent_memory_ros.images import camera_info_topic as camera_info_topic_beside
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -51,21 +52,6 @@ class Track(NamedTuple):
     poses: np.ndarray
 
 
-@dataclass(frozen=True)
-class CameraIntrinsics:
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-
-    @property
-    def array(self) -> np.ndarray:
-        """``(fx, fy, cx, cy)`` as the training package's ``Sequence.intrinsics``."""
-        return np.array([self.fx, self.fy, self.cx, self.cy])
-
-
 @dataclass
 class BagRun:
     """One run read from a bag; ``images()`` streams the frames lazily."""
@@ -78,7 +64,7 @@ class BagRun:
     odom: Track | None  # base poses from the odometry
     odom_child_frame: str  # the odometry's base frame, e.g. base_link
     base_to_camera: np.ndarray | None  # (7,) image frame in odom_child_frame
-    intrinsics: CameraIntrinsics | None
+    intrinsics: PinholeCamera | None
 
     def __len__(self) -> int:
         return len(self.image_stamps)
@@ -148,7 +134,7 @@ def read_run(
         image_frame_id = ""
         poses: dict[str, list[tuple[float, np.ndarray]]] = {"gt": [], "odom": []}
         odom_child_frame = ""
-        intrinsics: CameraIntrinsics | None = None
+        intrinsics: PinholeCamera | None = None
         static: dict[str, tuple[str, np.ndarray]] = {}
         role = {c.id: "image" for c in image_conns}
         role |= {c.id: "gt" for c in gt_conns}
@@ -167,7 +153,7 @@ def read_run(
                 if kind == "odom":
                     odom_child_frame = odom_child_frame or getattr(msg, "child_frame_id", "")
             elif kind == "info" and intrinsics is None:
-                intrinsics = CameraIntrinsics(
+                intrinsics = PinholeCamera(
                     int(msg.width), int(msg.height), *(float(msg.k[i]) for i in (0, 4, 2, 5))
                 )
             elif kind == "tf":

@@ -362,6 +362,11 @@ class PinholeCamera(NamedTuple):
             f"{self.width}x{self.height}"
         )
 
+    @property
+    def array(self) -> np.ndarray:
+        """``(fx, fy, cx, cy)`` as the training package's ``Sequence.intrinsics``."""
+        return np.array([self.fx, self.fy, self.cx, self.cy])
+
 
 def check_camera_info(
     info: Any, image_width: int, image_height: int, image_frame_id: str
