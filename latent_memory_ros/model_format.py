@@ -37,7 +37,6 @@ class QuerySpec:
 
     file: str
     inputs: tuple[str, ...]  # "image" and "state.<name>" for the state entries it reads
-    memory: str  # the state entry holding the memory the query reads
 
 
 @dataclass(frozen=True)
@@ -158,13 +157,7 @@ def _query_spec(data: dict, meta_path: Path, state_names: set[str]) -> QuerySpec
             )
     if len(set(inputs)) != len(inputs):
         raise ModelError(f"{meta_path}: field 'query.inputs' repeats a name")
-    memory = _field(data, "query.memory", meta_path, str)
-    if f"state.{memory}" not in inputs:
-        raise ModelError(
-            f"{meta_path}: field 'query.memory' is '{memory}', which field 'query.inputs' "
-            "does not feed as 'state.<name>'"
-        )
-    return QuerySpec(file=file, inputs=tuple(inputs), memory=memory)
+    return QuerySpec(file=file, inputs=tuple(inputs))
 
 
 def write_metadata(directory: Path, metadata: dict) -> None:

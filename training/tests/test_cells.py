@@ -1,5 +1,6 @@
-"""Every memory cell: stepping equals ``sequence`` and the state keeps its size and stays
-bounded over long runs (export parity of every cell: test_export.py)."""
+"""Every memory cell: stepping equals ``sequence``, the state keeps its size and stays
+bounded over long runs, and the memory view is N x E slots (export parity of every
+cell: test_export.py)."""
 
 import numpy as np
 import pytest
@@ -107,6 +108,35 @@ def test_state_keeps_its_size_and_stays_bounded_over_2000_steps(name):
         else:
             assert v.shape == shapes[k] == (1, *cell.state_shapes[k])
             assert float(v.abs().max()) < 1e3, k
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CELLS))
+def test_memory_view_is_slots_read_from_the_memory_entries(name):
+    """``memory(state)`` is ``[B, slots, dim]`` for every fixed-size cell: the state
+    entry itself where it holds slots, else a projection with each slot normalised."""
+    cell = _small(name)
+    tokens = torch.randn(2, 6, 5, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        state, _ = cell.sequence(cell.initial_state(2), tokens)
+        before = {k: v.clone() for k, v in state.items()}
+        memory = cell.memory(state)
+        only_entries = cell.memory({k: state[k] for k in cell.memory_entries})
+    torch.testing.assert_close(only_entries, memory, atol=0, rtol=0)
+    _assert_same(state, before)
+    if name == "full":  # the growing cache: queried, never distilled
+        assert not cell.fixed_memory and memory.shape == (2, 6, 32)
+        return
+    assert cell.fixed_memory and memory.shape == (2, 4, 32)
+    projected = name in {"crt", "relit", "arelit", "gru"}
+    assert (cell.projected_slots is not None) == projected
+    if projected:
+        torch.testing.assert_close(memory.mean(-1), torch.zeros(2, 4), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            memory.var(-1, unbiased=False), torch.ones(2, 4), atol=1e-2, rtol=0
+        )
+        assert "filled" not in cell.memory_entries and "tick" not in cell.memory_entries
+    else:
+        assert torch.equal(memory, state[cell.memory_entries[0]])
 
 
 @pytest.mark.parametrize("r", [1, 2, 5, 8])

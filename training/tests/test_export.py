@@ -38,11 +38,22 @@ def perturbed_model(cell: str) -> LocalisationModel:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model = perturbed_model("kinaema")
-    out = tmp_path_factory.mktemp("model")
-    export_model(model, out, "parity")
-    return model, out
+def exports(tmp_path_factory):
+    """``export(cell)``: the cell's perturbed model and its export, made once per module."""
+    made = {}
+
+    def export(cell: str):
+        if cell not in made:
+            model = perturbed_model(cell)
+            made[cell] = model, export_model(model, tmp_path_factory.mktemp(cell), f"parity-{cell}")
+        return made[cell]
+
+    return export
+
+
+@pytest.fixture(scope="module")
+def exported(exports):
+    return exports("kinaema")
 
 
 def _frames(n: int):
@@ -80,9 +91,8 @@ def _stepped(rt: StudentRuntime, frames):
 
 
 @pytest.mark.parametrize("cell", EXPORTABLE)
-def test_runtime_matches_pytorch_over_100_steps(cell, tmp_path):
-    model = perturbed_model(cell)
-    model_dir = export_model(model, tmp_path, f"parity-{cell}")
+def test_runtime_matches_pytorch_over_100_steps(cell, exports):
+    model, model_dir = exports(cell)
     rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"])
     state = model.initial_state(1)
     worst = 0.0
@@ -94,8 +104,6 @@ def test_runtime_matches_pytorch_over_100_steps(cell, tmp_path):
         for name, value in rt.state.items():
             worst = max(worst, np.abs(value - state[name].numpy()).max())
     assert rt.spec.cell == cell and set(rt.state) == set(state)
-    assert rt.supports_query == model.supports_query
-    assert (model_dir / "query.onnx").is_file() == model.supports_query
     assert worst < 1e-4
     assert rt.frames == 100
 
@@ -135,8 +143,9 @@ def _broken_copy(src, tmp_path, edit):
         (lambda m, d: m["sha256"].pop("query.onnx"), "field 'sha256.query.onnx' missing"),
         (lambda m, d: (d / "query.onnx").unlink(), "query.onnx: file missing"),
         (lambda m, d: m["query"].update(inputs=["image", "state.nope"]), "'query.inputs'"),
-        (lambda m, d: m["query"].update(inputs=["image", "state.pose"]), "'query.memory'"),
-        (lambda m, d: m["query"].update(inputs=["image"], memory="x"), "'query.memory'"),
+        (lambda m, d: m["query"].update(inputs=["image", "state.pose"]), "'query.inputs'"),
+        (lambda m, d: m["query"].update(inputs=["image"]), "'query.inputs'"),
+        (lambda m, d: m["query"]["inputs"].append("state.memory"), "repeats"),
         (lambda m, d: m["query"].update(file="../step.onnx"), "'query.file'"),
         (lambda m, d: m["query"].pop("inputs"), "'query.inputs'"),
     ],
@@ -156,21 +165,32 @@ def test_missing_model_directory(tmp_path):
 # Queries ------------------------------------------------------------------------------
 
 
-def test_query_graph_is_declared_in_model_json(exported):
-    _, model_dir = exported
+@pytest.mark.parametrize("cell", EXPORTABLE)
+def test_query_graph_is_declared_in_model_json(cell, exports):
+    """Every exportable cell has a query graph that takes the state entries its memory
+    view reads: its slots, or the entries its projection reads (no partial buffers)."""
+    _, model_dir = exports(cell)
     meta = json.loads((model_dir / "model.json").read_text())
+    entries = {
+        "kinaema": ["memory"],
+        "tlb": ["slow"],
+        "crt": ["memory"],
+        "relit": ["kv", "norm"],
+        "arelit": ["keys", "values", "norm"],
+        "gru": ["hidden"],
+    }[cell]
     assert meta["query"]["file"] == "query.onnx"
-    assert meta["query"]["inputs"] == ["image", "state.memory"]
+    assert meta["query"]["inputs"] == ["image", *(f"state.{k}" for k in entries)]
     assert meta["query"]["outputs"] == ["rel_pose", "log_var"]
-    assert meta["query"]["memory"] == "memory"
     assert meta["sha256"]["query.onnx"] == file_sha256(model_dir / "query.onnx")
     assert meta["sha256"]["step.onnx"] == file_sha256(model_dir / "step.onnx")
 
 
-def test_query_matches_pytorch_after_rolling_steps(exported):
+@pytest.mark.parametrize("cell", EXPORTABLE)
+def test_query_matches_pytorch_after_rolling_steps(cell, exports):
     """Queries of earlier frames, asked every few steps of a rollout, agree with
-    ``LocalisationModel.query`` on the PyTorch state within 1e-4."""
-    model, model_dir = exported
+    ``LocalisationModel.query`` on the PyTorch state within 1e-4, for every cell."""
+    model, model_dir = exports(cell)
     rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
     assert rt.supports_query
     state = model.initial_state(1)

@@ -149,6 +149,49 @@ def test_teacher_then_distilled_student_with_queries(data, tmp_path):
     assert cli.main([*bad, *FIT_ARGS, "--steps", "1", "--distill-weight", "0"]) == 2
 
 
+def test_distillation_trains_the_memory_projection_of_a_cell_without_slots(data, tmp_path):
+    """A gru student's memory is a learned projection of its hidden state: one distill
+    step towards a bottleneck teacher's B_t gives that projection a gradient, which it
+    has no other source of with queries off."""
+    from latent_memory_training.models.config import ModelConfig
+    from latent_memory_training.models.student import LocalisationModel
+    from latent_memory_training.training.fit import (
+        Checkpoint,
+        Teacher,
+        WindowStep,
+        fit,
+        save_checkpoint,
+    )
+
+    torch.manual_seed(0)
+    teacher_cfg = ModelConfig(cell="bottleneck", dim=32, slots=4)
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(
+        path, LocalisationModel(teacher_cfg), None, Checkpoint(teacher_cfg, TrainConfig())
+    )
+    cfg = TrainConfig(batch=2, window=4, spans=(1,), min_episode=16, query_weight=0.0)
+    seqs = load_prepared(find_sequences(data / "train"), 128, 96)
+    obs, targets, reset = Streams(seqs, cfg, np.random.default_rng(0)).next(0)
+    reset = torch.from_numpy(reset)
+    teacher = Teacher(path, cfg.batch)
+    student = LocalisationModel(ModelConfig(cell="gru", dim=32, slots=4))
+    step = WindowStep(student, cfg)
+    memory = teacher.memories(obs, reset)
+    assert memory.shape == (2, 4, 4, 32)
+    for weight, trained in ((0.0, False), (1.0, True)):
+        student.zero_grad(set_to_none=True)
+        loss, terms, _ = step(student.initial_state(2), reset, obs, targets, memory, weight)
+        loss.backward()
+        grad = student.cell.projection.weight.grad
+        assert np.isfinite(terms["distill"])
+        assert (grad is not None and float(grad.abs().max()) > 0) == trained
+
+    # A growing memory (full) cannot be distilled: refused before training.
+    with pytest.raises(ValueError, match="fixed-size memory"):
+        fit(seqs, [], tmp_path / "x", ModelConfig(cell="full", dim=32, slots=4), cfg,
+            progress=False, teacher_path=path)  # fmt: skip
+
+
 def test_distances_and_schedule():
     from latent_memory_training.training.fit import distill_distance, distill_lambda
 

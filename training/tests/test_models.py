@@ -6,7 +6,7 @@ import torch
 
 from latent_memory_ros import geometry
 from latent_memory_training.models import so3
-from latent_memory_training.models.cells import CELLS
+from latent_memory_training.models.cells import CELLS, REFERENCE_CELLS
 from latent_memory_training.models.config import ModelConfig
 from latent_memory_training.models.student import LocalisationModel
 
@@ -74,3 +74,26 @@ def test_memory_is_fixed_size():
     with torch.no_grad():
         state, _ = model.rollout(state, _obs(1, 30))
     assert {k: v.shape for k, v in state.items()} == sizes
+
+
+@pytest.mark.parametrize("name", sorted({**CELLS, **REFERENCE_CELLS}))
+def test_every_cell_answers_queries_without_changing_the_state(name):
+    """Every cell has the query head, reading only the state entries of its memory view
+    (what query.onnx takes); fixed-size memories are also output for distillation."""
+    torch.manual_seed(0)
+    model = LocalisationModel(ModelConfig(cell=name, dim=32, slots=4)).eval()
+    image = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        state, out = model.rollout(model.initial_state(2), _obs(2, 5))
+        before = {k: v.clone() for k, v in state.items()}
+        pose, log_var = model.query(state, image)
+        only_entries = model.query({k: state[k] for k in model.cell.memory_entries}, image)
+    assert pose.shape == (2, 7) and log_var.shape == (2, 6)
+    assert torch.isfinite(pose).all() and torch.isfinite(log_var).all()
+    torch.testing.assert_close(only_entries, (pose, log_var), atol=0, rtol=0)
+    assert state.keys() == before.keys()
+    assert all(torch.equal(state[k], before[k]) for k in state)
+    if name == "full":
+        assert "memory" not in out
+    else:
+        assert out["memory"].shape == (2, 5, 4, 32)

@@ -42,21 +42,17 @@ class StepGraph(nn.Module):
 
 
 class QueryGraph(nn.Module):
-    """Flat tensor signature of ``LocalisationModel.query``: the image and the memory in,
-    the query camera's pose in the current camera frame and its log variance out."""
+    """Flat tensor signature of ``LocalisationModel.query``: the image and the state
+    entries the cell's memory view reads in, the query camera's pose in the current
+    camera frame and its log variance out."""
 
     def __init__(self, model: LocalisationModel) -> None:
         super().__init__()
         self.model = model
-        self.memory_key = model.cell.memory_key
+        self.state_names = list(model.cell.memory_entries)
 
-    def forward(self, image, memory):
-        return self.model.query({self.memory_key: memory}, image)
-
-
-def exports_query(model: LocalisationModel) -> bool:
-    """Whether ``export_model`` writes ``query.onnx`` for this model."""
-    return bool(getattr(model, "supports_query", False)) and getattr(model.cell, "exportable", True)
+    def forward(self, image, *states):
+        return self.model.query(dict(zip(self.state_names, states, strict=True)), image)
 
 
 def example_inputs(model: LocalisationModel) -> tuple[torch.Tensor, ...]:
@@ -103,8 +99,8 @@ def export_model(
     training: dict | None = None,
     metrics: dict | None = None,
 ) -> Path:
-    """Write ``step.onnx``, ``query.onnx`` (when the model answers queries),
-    ``state_init.npz`` and ``model.json`` into ``out_dir``."""
+    """Write ``step.onnx``, ``query.onnx`` (when the cell is exportable), ``state_init.npz``
+    and ``model.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -119,12 +115,12 @@ def export_model(
     )
     init = model.initial_state(1)
     query_section = None
-    if exports_query(model):
-        key = model.cell.memory_key
-        query_inputs = ["image", f"state.{key}"]
+    if model.cell.exportable:
+        query_graph = QueryGraph(model)
+        query_inputs = ["image", *(f"state.{k}" for k in query_graph.state_names)]
         _export(
-            QueryGraph(model),
-            (example_inputs(model)[0], init[key].detach()),
+            query_graph,
+            (example_inputs(model)[0], *(init[k].detach() for k in query_graph.state_names)),
             out_dir / QUERY_FILE,
             query_inputs,
             ["rel_pose", "log_var"],
@@ -133,7 +129,6 @@ def export_model(
             "file": QUERY_FILE,
             "inputs": query_inputs,
             "outputs": ["rel_pose", "log_var"],
-            "memory": key,
             "frame": "rel_pose: xyz_qxyzw (m) of the query image's camera in the current "
             "camera optical frame; log_var: x, y, z (m^2), rx, ry, rz (rad^2)",
         }

@@ -21,9 +21,17 @@ writes to the state. The cells:
   cosine-modulated rank-1 terms (AReLiT);
 - ``gru``: a GRU over a pooled frame summary, state matched to ``kinaema``'s.
 
+Every cell also shows its state as a memory of N x E slots (``slots`` x ``dim``),
+``memory(state)``: what the query head reads and distillation matches to the teacher's
+``B_t``. It is the state itself where the state holds such slots (``kinaema``'s memory,
+``tlb``'s slow vectors, the teacher's bottleneck) and otherwise a learned linear
+projection of the state entries that carry the memory (``crt``, ``relit``, ``arelit``,
+``gru``), each slot layer-normalised like the slot memories.
+
 ``REFERENCE_CELLS`` holds ``full``, a full-history causal transformer whose state (a
 cache of every past frame) grows: the reference the fixed-size cells are measured
-against; it is not exportable.
+against; it is not exportable, and its memory view is that growing cache. It also holds
+``bottleneck``, the distillation teacher (not exportable either: its history grows).
 """
 
 from __future__ import annotations
@@ -37,17 +45,42 @@ State = dict[str, torch.Tensor]
 
 
 class MemoryCell(nn.Module):
-    """Base class. Subclasses set ``state_shapes`` (without batch) and ``readout_dim``."""
+    """Base class. Subclasses set ``state_shapes`` (without batch), ``readout_dim`` and
+    ``memory_entries``; those whose state has no N x E slots call ``_project_memory``."""
 
     state_shapes: dict[str, tuple[int, ...]]
     readout_dim: int
     exportable = True
-    # The state entry that is an N x E slot memory (what distillation matches and the
-    # query head reads), or None for cells without one.
-    memory_key: str | None = None
+    # The state entries the memory view reads (query.onnx takes them as inputs): one N x E
+    # slot memory, or the entries a learned projection maps to N x E.
+    memory_entries: tuple[str, ...]
+    # (N, E) of the projection's slots; None where the memory entry is the slots itself.
+    projected_slots: tuple[int, int] | None = None
 
     def initial_state(self, batch: int) -> State:
         return {k: torch.zeros((batch, *s)) for k, s in self.state_shapes.items()}
+
+    @property
+    def fixed_memory(self) -> bool:
+        """Whether the memory view has a fixed size (N x E): every cell but ``full``."""
+        return all(0 not in self.state_shapes[k] for k in self.memory_entries)
+
+    def memory(self, state: State) -> torch.Tensor:
+        """The memory as ``[B, N, E]`` slots, read from ``state`` without changing it."""
+        if self.projected_slots is None:
+            (key,) = self.memory_entries
+            return state[key]
+        flat = torch.cat([state[k].flatten(1) for k in self.memory_entries], dim=1)
+        slots = self.projection(flat).unflatten(1, self.projected_slots)
+        return nn.functional.layer_norm(slots, self.projected_slots[1:])
+
+    def _project_memory(self, slots: int, dim: int) -> None:
+        """Show ``memory_entries`` (set, with ``state_shapes``, before the call) as
+        ``slots`` x ``dim`` through a learned linear map, trained by the query and
+        distillation losses."""
+        size = sum(math.prod(self.state_shapes[k]) for k in self.memory_entries)
+        self.projection = nn.Linear(size, slots * dim)
+        self.projected_slots = (slots, dim)
 
     def step(self, state: State, tokens: torch.Tensor) -> tuple[State, torch.Tensor]:
         raise NotImplementedError
@@ -89,7 +122,7 @@ class KinaemaCell(MemoryCell):
     The readout is the updated memory pooled over slots beside the motion token's output.
     """
 
-    memory_key = "memory"
+    memory_entries = ("memory",)
 
     def __init__(self, slots: int = 8, dim: int = 64, heads: int = 4) -> None:
         super().__init__()
@@ -272,8 +305,11 @@ class TLBCell(ChunkedCell):
 
     The slow state is fixed within a chunk, so ``sequence`` runs a chunk's fast stream
     in parallel. Simplification: the frames of a chunk do not attend to each other in
-    the fast stream (each frame's tokens already carry its motion).
+    the fast stream (each frame's tokens already carry its motion). The slow vectors are
+    the memory view.
     """
+
+    memory_entries = ("slow",)
 
     def __init__(self, slots: int = 8, dim: int = 64, heads: int = 4, chunk: int = 8) -> None:
         super().__init__()
@@ -336,9 +372,12 @@ class CRTCell(ChunkedCell):
     The one memory vector is kept by a GRU cell: at a segment's last frame the GRU reads
     the mean of the segment's outputs, and the segment buffer is cleared. The GRU keeps
     the memory in (-1, 1) however long the run. ``segment`` defaults to ``slots`` frames.
+    The memory view is a projection of the memory vector.
 
     ``sequence`` runs each segment's transformer once over all its frames.
     """
+
+    memory_entries = ("memory",)
 
     def __init__(
         self,
@@ -359,6 +398,7 @@ class CRTCell(ChunkedCell):
         self.norm = nn.LayerNorm(dim)
         self.rnn = nn.GRUCell(dim, dim)
         self.register_buffer("causal", torch.tril(torch.ones(c + 1, c + 1)), persistent=False)
+        self._project_memory(slots, dim)
 
     def _transform(
         self, memory: torch.Tensor, segment: torch.Tensor, filled: torch.Tensor
@@ -451,13 +491,17 @@ class ReLiTCell(_LinearAttentionCell):
         attn = phi(q)^T S / (phi(q)^T z + eps)
 
     Both are convex mixtures of bounded terms, so the state stays bounded however long
-    the run. ``slots`` is unused: the state size is fixed by ``dim`` and ``heads``.
+    the run. The state size is fixed by ``dim`` and ``heads``; ``slots`` only sizes the
+    memory view, a projection of S and z.
     """
+
+    memory_entries = ("kv", "norm")
 
     def __init__(self, slots: int = 8, dim: int = 64, heads: int = 4) -> None:
         super().__init__(dim, heads)
         d = self.head_dim
         self.state_shapes = {"kv": (heads, d, d), "norm": (heads, d)}
+        self._project_memory(slots, dim)
 
     def step(self, state: State, tokens: torch.Tensor) -> tuple[State, torch.Tensor]:
         u, q, k, v, gamma, beta = self._project(tokens)
@@ -488,8 +532,11 @@ class AReLiTCell(_LinearAttentionCell):
     never interfere, frames a multiple of r apart share terms (weighed down by the
     gates' decay). The step counter t is carried modulo r (exact: every w r is a
     multiple of 2 pi), so it stays small over any run, and the convex gated updates
-    keep the state bounded.
+    keep the state bounded. The memory view is a projection of K, V and z (not of the
+    step counter).
     """
+
+    memory_entries = ("keys", "values", "norm")
 
     def __init__(self, slots: int = 8, dim: int = 64, heads: int = 4) -> None:
         super().__init__(dim, heads)
@@ -511,6 +558,7 @@ class AReLiTCell(_LinearAttentionCell):
         self.register_buffer("freq", freq, persistent=False)
         self.register_buffer("phase", phase, persistent=False)
         self.register_buffer("amp", amp, persistent=False)
+        self._project_memory(slots, dim)
 
     def step(self, state: State, tokens: torch.Tensor) -> tuple[State, torch.Tensor]:
         u, q, k, v, gamma, beta = self._project(tokens)
@@ -531,7 +579,10 @@ class AReLiTCell(_LinearAttentionCell):
 class GRUMemoryCell(MemoryCell):
     """GRU baseline: the frame summary (motion token beside the mean image token, a
     linear layer) into a GRU cell whose hidden state, the readout, has ``slots * dim``
-    floats, as many as the Kinaema cell's memory. A GRU's state is bounded in (-1, 1)."""
+    floats, as many as the Kinaema cell's memory. A GRU's state is bounded in (-1, 1).
+    The memory view is a projection of the hidden state."""
+
+    memory_entries = ("hidden",)
 
     def __init__(self, slots: int = 8, dim: int = 64, heads: int = 4) -> None:
         super().__init__()
@@ -540,6 +591,7 @@ class GRUMemoryCell(MemoryCell):
         self.readout_dim = hidden
         self.summary = FrameSummary(dim)
         self.rnn = nn.GRUCell(dim, hidden)
+        self._project_memory(slots, dim)
 
     def step(self, state: State, tokens: torch.Tensor) -> tuple[State, torch.Tensor]:
         hidden = self.rnn(self.summary(tokens), state["hidden"])
@@ -551,16 +603,17 @@ def _key_mask(valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid > 0, 0.0, _MASKED)[:, None, None, :].to(valid.dtype)
 
 
-class FullHistoryTransformer(nn.Module):
+class FullHistoryTransformer(MemoryCell):
     """The full-history reference: causal attention of each frame over all past frames.
 
     Not a fixed-size cell (its state grows by one summary per frame and layer) and not
-    exportable; it has the cells' ``step`` / ``sequence`` / ``initial_state``. Each frame
-    becomes a summary vector; ``layers`` pre-norm blocks attend causally over the
-    history with an ALiBi recency bias (fixed per-head slopes, so order matters). The
-    state is the per-layer cache of block inputs, ``[B, t, E]`` each; ``sequence`` runs
-    all frames at once under a causal mask. ``state_shapes`` gives length 0 (the initial
-    cache) for the growing axis; ``slots`` is unused.
+    exportable, but it has the cells' interface. Each frame becomes a summary vector;
+    ``layers`` pre-norm blocks attend causally over the history with an ALiBi recency
+    bias (fixed per-head slopes, so order matters). The state is the per-layer cache of
+    block inputs, ``[B, t, E]`` each; ``sequence`` runs all frames at once under a causal
+    mask. ``state_shapes`` gives length 0 (the initial cache) for the growing axis;
+    ``slots`` is unused. Its memory view, for queries (it is never distilled), is the
+    whole history as the last layer sees it.
     """
 
     exportable = False
@@ -571,17 +624,13 @@ class FullHistoryTransformer(nn.Module):
         # ``valid`` marks the cached frames of the current episode: training carries one
         # state for several streams, which restart at different times.
         self.state_shapes = {f"cache{i}": (0, dim) for i in range(layers)} | {"valid": (0,)}
-        # Queries read the whole history as the last layer sees it.
-        self.memory_key = f"cache{layers - 1}"
+        self.memory_entries = (f"cache{layers - 1}",)
         self.readout_dim = dim
         self.summary = FrameSummary(dim)
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         slopes = 2.0 ** (-8.0 * torch.arange(1, heads + 1) / heads)
         self.register_buffer("slopes", slopes, persistent=False)
-
-    def initial_state(self, batch: int) -> State:
-        return {k: torch.zeros((batch, *s)) for k, s in self.state_shapes.items()}
 
     def _attend(self, state: State, x: torch.Tensor) -> tuple[State, torch.Tensor]:
         past, new = state["cache0"].shape[1], x.shape[1]
@@ -627,7 +676,7 @@ class BottleneckTeacher(MemoryCell):
     """
 
     exportable = False
-    memory_key = "bottleneck"
+    memory_entries = ("bottleneck",)
 
     def __init__(self, slots: int = 8, dim: int = 64, heads: int = 4) -> None:
         super().__init__()
@@ -641,9 +690,6 @@ class BottleneckTeacher(MemoryCell):
         self.block = TransformerBlock(dim, heads)
         slopes = 2.0 ** (-8.0 * torch.arange(1, heads + 1) / heads)
         self.register_buffer("slopes", slopes, persistent=False)
-
-    def initial_state(self, batch: int) -> State:
-        return {k: torch.zeros((batch, *s)) for k, s in self.state_shapes.items()}
 
     def step(self, state: State, tokens: torch.Tensor) -> tuple[State, torch.Tensor]:
         history = torch.cat([state["history"], self.summary(tokens)[:, None]], dim=1)
@@ -668,7 +714,7 @@ CELLS: dict[str, type[MemoryCell]] = {
     "arelit": AReLiTCell,
     "gru": GRUMemoryCell,
 }
-REFERENCE_CELLS: dict[str, type[nn.Module]] = {
+REFERENCE_CELLS: dict[str, type[MemoryCell]] = {
     "full": FullHistoryTransformer,
     "bottleneck": BottleneckTeacher,
 }

@@ -137,22 +137,16 @@ class LocalisationModel(nn.Module):
         pose = so3.compose(state["pose"], motion)
         new_state = {**cell_state, "pose": pose, "bias": bias}
         out = {"pose": pose, "motion": motion, "log_var": self.log_var(h), "bias": bias}
-        key = self.cell.memory_key
-        if key is not None and 0 not in self.cell.state_shapes[key]:  # a fixed-size memory
-            out["memory"] = cell_state[key]
+        if self.cell.fixed_memory:  # what distillation matches: N x E at every frame
+            out["memory"] = self.cell.memory(cell_state)
         return new_state, out
-
-    @property
-    def supports_query(self) -> bool:
-        return self.cell.memory_key is not None
 
     def query(self, state: State, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The pose (xyz_qxyzw) of the camera that took ``image`` in the current camera
-        frame, and its log variance (x, y, z, rx, ry, rz), read from the memory alone;
-        the state is not changed."""
-        if not self.supports_query:
-            raise ValueError(f"cell '{self.config.cell}' has no slot memory to query")
-        memory = state[self.cell.memory_key]
+        frame, and its log variance (x, y, z, rx, ry, rz), read from the cell's memory
+        view alone (``state`` needs only its ``memory_entries``); the state is not
+        changed."""
+        memory = self.cell.memory(state)
         b = memory.shape[0]
         token = self.query_token.expand(b, 1, -1)
         x = self.query_block(torch.cat([token, memory, self.encoder(image)], dim=1))

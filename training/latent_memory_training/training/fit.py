@@ -39,7 +39,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from latent_memory_ros import geometry
-from latent_memory_ros.cues import CUE_DIM
 from latent_memory_ros.evaluation import trajectory_metrics
 from latent_memory_training.data.prepare import PreparedSequence
 from latent_memory_training.models import so3
@@ -212,7 +211,7 @@ def query_loss(
     """Pose error of the query head at the window's last frame (valid streams only),
     plus a Gaussian likelihood for its predicted uncertainty."""
     valid = targets["query_valid"]
-    if cfg.query_weight <= 0 or not model.supports_query or not bool(valid.any()):
+    if cfg.query_weight <= 0 or not bool(valid.any()):
         return torch.zeros(()), {}
     pose, log_var = model.query(state, targets["query_image"])
     target = targets["query_pose"]
@@ -258,25 +257,12 @@ class Teacher:
 
     def __init__(self, path: Path, batch: int) -> None:
         self.model, data = load_model(path)
-        if "memory" not in self._probe():
-            raise ValueError(
-                f"{path}: cell '{self.model.config.cell}' has no fixed-size slot memory"
-            )
+        if not self.model.cell.fixed_memory:
+            raise ValueError(f"{path}: cell '{self.model.config.cell}' has no fixed-size memory")
         self.model.eval().requires_grad_(False)
         self.path = Path(path)
         self.config = data["model_config"]
         self.state = self.model.initial_state(batch)
-
-    def _probe(self) -> dict:
-        c = self.model.config
-        obs = {
-            "image": torch.zeros(1, 3, c.image_height, c.image_width),
-            "odom": torch.tensor([[0, 0, 0, 0, 0, 0, 1.0, 0]]),
-            "dt": torch.zeros(1, 1),
-            "cues": torch.zeros(1, CUE_DIM),
-        }
-        with torch.no_grad():
-            return self.model.step(self.model.initial_state(1), obs)[1]
 
     @torch.no_grad()
     def memories(self, obs: dict, reset: torch.Tensor) -> torch.Tensor:
@@ -454,9 +440,10 @@ def fit(
     teacher_path: Path | None = None,
 ) -> Path:
     """Train; writes ``last.pt`` and ``best.pt`` (by validation score) into ``out_dir``.
-    With ``teacher_path`` (a bottleneck teacher's checkpoint) the student's memory is
-    also pulled towards the frozen teacher's bottleneck at every step. Under torchrun,
-    every process calls fit and trains its share (the module's docstring)."""
+    With ``teacher_path`` (a bottleneck teacher's checkpoint) the student's memory view
+    (its slots, or the learned projection of a cell without slots) is also pulled
+    towards the frozen teacher's bottleneck at every step. Under torchrun, every
+    process calls fit and trains its share (the module's docstring)."""
     rank, world, started = _start_distributed()
     try:
         return _train(
@@ -489,6 +476,13 @@ def _train(
     torch.manual_seed(cfg.seed)
     model = LocalisationModel(model_cfg)
     teacher = Teacher(teacher_path, cfg.batch) if teacher_path is not None else None
+    if teacher is not None:
+        slots, dim = teacher.config["slots"], teacher.config["dim"]
+        if not model.cell.fixed_memory or (model_cfg.slots, model_cfg.dim) != (slots, dim):
+            raise ValueError(
+                f"cell '{model_cfg.cell}' ({model_cfg.slots} x {model_cfg.dim}) has no "
+                f"fixed-size memory of the teacher's {slots} x {dim} slots to distill"
+            )
     if teacher is not None and cfg.init_from_teacher and resume is None:
         copied = init_from(model, teacher.model)
         if lead:
@@ -513,10 +507,11 @@ def _train(
     step_fn: nn.Module = WindowStep(model, cfg)
     if world > 1:
         # Broadcasts rank 0's parameters; averages gradients in backward. Parameters can
-        # go unused in a window (the query head while no stream has a query to answer,
-        # always for cells without a slot memory), hence find_unused_parameters: those
-        # unused on every rank keep no gradient, as in a single process. (Its warning
-        # that every parameter was used, once some window uses them all, is harmless.)
+        # go unused in a window (the query head and a cell's memory projection while no
+        # stream has a query to answer and nothing is distilled), hence
+        # find_unused_parameters: those unused on every rank keep no gradient, as in a
+        # single process. (Its warning that every parameter was used, once some window
+        # uses them all, is harmless.)
         step_fn = DistributedDataParallel(step_fn, find_unused_parameters=True)
     baseline = odometry_baseline(val) if val and lead else {}
     bar = tqdm(total=cfg.steps, initial=ckpt.step, disable=not (progress and lead), desc="fit")
