@@ -5,8 +5,10 @@
    from the bag's /tf_static;
 3. replay the bag into it lock-step (one image, then wait for its pose);
 4. collect the poses it publishes and its /diagnostics;
-5. score them with evo against ground truth, beside the odometry and no-motion baselines,
-   and write ``results/demo/metrics.json`` and ``trajectory.png``.
+5. when the model has a query graph, ask the node at the last frame where the cameras
+   of earlier frames are (``~/query/image`` -> ``~/query/pose``);
+6. score them with evo against ground truth, beside the odometry and no-motion baselines,
+   plus the query recall, and write ``results/demo/metrics.json`` and ``trajectory.png``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from latent_memory_ros import geometry
 from latent_memory_ros.bag import BagRun, read_run
 from latent_memory_ros.evaluation import (
     baseline_metrics,
@@ -31,6 +34,8 @@ from latent_memory_ros.evaluation import (
     odometry_camera_poses,
     plot_title,
     plot_trajectories,
+    query_errors,
+    query_recall,
     trajectory_metrics,
 )
 from latent_memory_ros.model_format import default_model_dir
@@ -43,6 +48,12 @@ IMAGE_TOPIC = "/camera/image_raw"
 ODOM_TOPIC = "/odom"
 GT_TOPIC = "/ground_truth/pose"
 POSE_TOPIC = f"/{NODE_NAME}/pose"
+QUERY_IMAGE_TOPIC = f"/{NODE_NAME}/query/image"
+QUERY_POSE_TOPIC = f"/{NODE_NAME}/query/pose"
+# Queries: every QUERY_EVERY-th frame at least QUERY_MIN_GAP frames before the last one,
+# as the training package's ``compare`` asks them.
+QUERY_EVERY = 5
+QUERY_MIN_GAP = 30
 DIAGNOSTICS_NAME = f"{NODE_NAME}: runtime"
 
 
@@ -109,10 +120,68 @@ def stop_node(process: subprocess.Popen) -> None:
             process.wait(5)
 
 
+def query_frames(run: BagRun) -> list[tuple[float, np.ndarray]]:
+    """The earlier frames the demo asks about at the run's last frame: ``(stamp, rgb)``."""
+    last = len(run) - 1 - QUERY_MIN_GAP
+    return [
+        (t, rgb) for i, (t, rgb) in enumerate(run.images()) if i <= last and i % QUERY_EVERY == 0
+    ]
+
+
+def ask_queries(
+    node: Any, queries: list[tuple[float, np.ndarray]], frame_id: str, timeout: float
+) -> dict[float, np.ndarray]:
+    """Send each query image to the node and wait for its answer; returns the answered
+    poses (query camera in the current camera frame) by the query's stamp."""
+    import rclpy
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    answers: dict[float, np.ndarray] = {}
+
+    def on_answer(msg: PoseWithCovarianceStamped) -> None:
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        answers[stamp] = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
+
+    reliable = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
+    node.create_subscription(PoseWithCovarianceStamped, QUERY_POSE_TOPIC, on_answer, reliable)
+    pub = node.create_publisher(Image, QUERY_IMAGE_TOPIC, reliable)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (
+        pub.get_subscription_count() and node.count_publishers(QUERY_POSE_TOPIC)
+    ):
+        rclpy.spin_once(node, timeout_sec=0.05)
+    out: dict[float, np.ndarray] = {}
+    for stamp, rgb in queries:
+        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8")
+        msg.step, msg.data = rgb.shape[1] * 3, rgb.tobytes()
+        ns = round(stamp * 1e9)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+        msg.header.frame_id = frame_id
+        answers.clear()
+        pub.publish(msg)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not answers:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        for answered, pose in answers.items():
+            if abs(answered - stamp) < 1e-6:
+                out[stamp] = pose
+    return out
+
+
 def replay_into_node(
-    bag: Path, node_process: subprocess.Popen, node_log: Path, timeout: float, startup: float
+    bag: Path,
+    node_process: subprocess.Popen,
+    node_log: Path,
+    timeout: float,
+    startup: float,
+    queries: list[tuple[float, np.ndarray]] | None = None,
+    frame_id: str = "",
 ) -> dict[str, Any]:
-    """Play the bag lock-step into the running node; collect its poses and diagnostics."""
+    """Play the bag lock-step into the running node; collect its poses and diagnostics,
+    then ask it ``queries`` (at the last frame) and collect the answers."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
@@ -156,6 +225,7 @@ def replay_into_node(
             stats = player.play_lockstep(
                 IMAGE_TOPIC, POSE_TOPIC, timeout=timeout, first_timeout=startup
             )
+        answers = ask_queries(node, queries, frame_id, timeout) if queries else {}
         # The node reports its step times once a second: wait for a report that has seen
         # every frame it processed.
         deadline = time.monotonic() + 3.0
@@ -166,7 +236,34 @@ def replay_into_node(
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-    return {"poses": poses, "diagnostics": dict(diagnostics), "stats": stats}
+    return {"poses": poses, "diagnostics": dict(diagnostics), "stats": stats, "answers": answers}
+
+
+def query_metrics(
+    run: BagRun, last_stamp: float, answers: dict[float, np.ndarray], asked: int
+) -> dict[str, Any]:
+    """Recall of the node's query answers against the ground-truth pose of each query
+    camera in the last frame's camera, beside answering "here" (identity)."""
+    assert run.gt is not None
+    if not answers:
+        return {"query_asked": asked, "query_answered": 0}
+    stamps = np.array(sorted(answers))
+    nearest = np.abs(run.gt.stamps[:, None] - np.append(stamps, last_stamp)).argmin(axis=0)
+    gt = run.gt.poses[nearest]
+    true = geometry.relative(np.broadcast_to(gt[-1], gt[:-1].shape), gt[:-1])
+    pred = np.stack([answers[s] for s in stamps])
+    identity = np.broadcast_to(geometry.IDENTITY, true.shape)
+    trans, rot = query_errors(pred, true)
+    return {
+        "query_asked": asked,
+        "query_answered": len(answers),
+        **{f"query_{k}": v for k, v in query_recall(trans, rot).items()},
+        **{
+            f"query_identity_{k}": v for k, v in query_recall(*query_errors(identity, true)).items()
+        },
+        "query_median_m": float(np.median(trans)),
+        "query_median_deg": float(np.median(rot)),
+    }
 
 
 def score(run: BagRun, mount: np.ndarray, collected: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -191,6 +288,11 @@ def score(run: BagRun, mount: np.ndarray, collected: dict[str, Any], out: Path) 
         "round_trip_ms_p50": float(np.percentile(trips, 50)),
         "round_trip_ms_p99": float(np.percentile(trips, 99)),
         **baseline_metrics(run.gt, run.image_stamps, odom_base, mount),
+        **(
+            query_metrics(run, stamps[-1], collected["answers"], collected["asked"])
+            if collected["asked"]
+            else {}
+        ),
         "model": diagnostics.get("model", ""),
         "bag": str(run.path),
         "providers": [diagnostics["provider"]] if "provider" in diagnostics else [],
@@ -253,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             raise DemoError(f"bag {bag} has no /tf_static transform to {run.image_frame_id!r}")
         node_log = out / "node.log"
         node_process = start_node(model_dir, run.base_to_camera, node_log)
-        collected = replay_into_node(bag, node_process, node_log, args.timeout, args.startup)
+        queries = query_frames(run) if (model_dir / "query.onnx").is_file() else []
+        collected = replay_into_node(
+            bag, node_process, node_log, args.timeout, args.startup, queries, run.image_frame_id
+        )
+        collected["asked"] = len(queries)
         replayed = time.monotonic()
         stop_node(node_process)
         metrics = score(run, run.base_to_camera, collected, out)
@@ -277,6 +383,17 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {metrics['round_trip_ms_p99']:.1f} ms; "
         f"{metrics['frames_with_pose']}/{metrics['frames']} frames got a pose"
     )
+    if "query_answered" in metrics:
+        print(
+            f"query recall ({metrics['query_answered']}/{metrics['query_asked']} earlier frames "
+            f"asked at the last frame): {metrics.get('query_recall_0.25m_5deg', float('nan')):.3f} "
+            f"within 0.25 m, 5 deg; {metrics.get('query_recall_0.5m_10deg', float('nan')):.3f} "
+            f'within 0.5 m, 10 deg (answering "here": '
+            f"{metrics.get('query_identity_recall_0.25m_5deg', float('nan')):.3f} / "
+            f"{metrics.get('query_identity_recall_0.5m_10deg', float('nan')):.3f})"
+        )
+    else:
+        print(f"query recall: the model at {model_dir} has no query graph (query.onnx)")
     print(
         f"time: render {metrics['render_s']} s, replay {metrics['replay_s']} s, "
         f"total {metrics['total_s']} s"

@@ -263,6 +263,27 @@ def no_motion_metrics(
     return trajectory_metrics(stamps, constant, gt_stamps, gt_poses)
 
 
+# Map-free query recall thresholds: (metres, degrees) a query answer must be within.
+QUERY_THRESHOLDS = ((0.25, 5.0), (0.5, 10.0))
+
+
+def query_errors(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Translation (m) and rotation (deg) error of query answers ``pred`` against
+    ``target`` (both ``(..., 7)`` poses of the query camera in the current camera frame)."""
+    d = geometry.relative(np.asarray(target, np.float64), np.asarray(pred, np.float64))
+    rot = geometry.quat_to_rotvec(d[..., 3:])
+    return np.linalg.norm(d[..., :3], axis=-1), np.degrees(np.linalg.norm(rot, axis=-1))
+
+
+def query_recall(trans_m: np.ndarray, rot_deg: np.ndarray) -> dict[str, float]:
+    """Share of query answers within each of :data:`QUERY_THRESHOLDS`, keyed
+    ``recall_<m>m_<deg>deg``."""
+    return {
+        f"recall_{t}m_{r:g}deg": float(np.mean((trans_m < t) & (rot_deg < r)))
+        for t, r in QUERY_THRESHOLDS
+    }
+
+
 def odometry_camera_poses(odom_base: np.ndarray, base_to_camera: np.ndarray) -> np.ndarray:
     """Camera poses in the odometry frame from base poses: ``T_odom_cam = T_odom_base T_base_cam``."""
     return geometry.compose(np.asarray(odom_base, dtype=np.float64), base_to_camera)

@@ -18,6 +18,8 @@ from latent_memory_ros import geometry, runtime
 from latent_memory_ros.evaluation import (
     main,
     no_motion_metrics,
+    query_errors,
+    query_recall,
     trajectory_metrics,
     uncertainty_calibration,
 )
@@ -178,6 +180,21 @@ def per_frame_sigma(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 GAUSSIAN_1, GAUSSIAN_2 = 0.6827, 0.9545
+
+
+def test_query_recall_counts_answers_within_both_thresholds() -> None:
+    """Errors are measured in the target camera's frame; an answer counts only when both
+    its translation and its rotation error are under a threshold."""
+    target = np.array([geometry.compose(geometry.IDENTITY, [1.0, 0, 2.0, 0, 0, 0, 1])] * 4)
+    yaw = lambda deg: geometry.rotvec_to_quat(np.array([0.0, np.radians(deg), 0.0]))  # noqa: E731
+    pred = target.copy()
+    pred[1, 0] += 0.3  # 0.3 m off: only within 0.5 m
+    pred[2] = geometry.compose(target[2], np.r_[0.0, 0, 0, yaw(7.0)])  # 7 deg off
+    pred[3] = geometry.compose(target[3], np.r_[0.6, 0, 0, yaw(1.0)])  # 0.6 m off: neither
+    trans, rot = query_errors(pred, target)
+    np.testing.assert_allclose(trans, [0.0, 0.3, 0.0, 0.6], atol=1e-9)
+    np.testing.assert_allclose(rot, [0.0, 0.0, 7.0, 1.0], atol=1e-6)
+    assert query_recall(trans, rot) == {"recall_0.25m_5deg": 0.25, "recall_0.5m_10deg": 0.75}
 
 
 def test_calibration_of_gaussian_errors_matches_the_gaussian_shares() -> None:

@@ -81,7 +81,16 @@ def _run_export(args: argparse.Namespace) -> int:
             print("error: --checkpoint is required unless --random-init", file=sys.stderr)
             return 2
         model, data = load_model(args.checkpoint)
-    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
+    metrics = {}
+    for path in args.metrics or []:
+        metrics |= json.loads(Path(path).read_text())
+    if args.distillation:
+        from latent_memory_training.benchmark.distillation import summary
+
+        results = json.loads(Path(args.distillation).read_text())
+        metrics["distillation"] = summary(results, args.distilled) | {
+            "command": args.distillation_command or ""
+        }
     training = {k: data[k] for k in ("train_config", "step", "history") if k in data}
     if args.data_summary:
         training["data"] = json.loads(Path(args.data_summary).read_text())
@@ -185,7 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--cell", default="kinaema")
     export.add_argument("--random-init", action="store_true", help="export an untrained model")
     export.add_argument("--seed", type=int, default=0)
-    export.add_argument("--metrics", type=Path, help="JSON of metrics measured before export")
+    export.add_argument(
+        "--metrics", type=Path, action="append", help="JSON of metrics measured before export"
+    )
+    export.add_argument(
+        "--distillation", type=Path, help="results of `compare` to summarise into model.json"
+    )
+    export.add_argument(
+        "--distilled", default="distilled", help="the compared model this one comes from"
+    )
+    export.add_argument("--distillation-command", help="the compare command, for the record")
     export.add_argument("--data-summary", type=Path, help="JSON describing the training data")
     bench = sub.add_parser(
         "bench", help="per-cell cost: parameters, state bytes, FLOPs, latency against t"

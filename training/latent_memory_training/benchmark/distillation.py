@@ -24,28 +24,13 @@ import numpy as np
 import torch
 
 from latent_memory_ros import geometry
-from latent_memory_ros.evaluation import trajectory_metrics
+from latent_memory_ros.evaluation import query_errors, query_recall, trajectory_metrics
 from latent_memory_training.data.prepare import PreparedSequence
 from latent_memory_training.models.student import LocalisationModel
 from latent_memory_training.training.fit import _normalise, load_model
 
 KEYS = ("ate_rmse_m", "ate_sim3_rmse_m", "rpe_trans_m", "rpe_rot_deg")
-THRESHOLDS = ((0.25, 5.0), (0.5, 10.0))
 CHUNK = 64
-
-
-def _query_errors(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    d = geometry.relative(target, pred)
-    return np.linalg.norm(d[..., :3], axis=-1), np.degrees(
-        np.linalg.norm(geometry.quat_to_rotvec(d[..., 3:]), axis=-1)
-    )
-
-
-def recall(trans_m: np.ndarray, rot_deg: np.ndarray) -> dict[str, float]:
-    return {
-        f"recall_{t}m_{r:g}deg": float(np.mean((trans_m < t) & (rot_deg < r)))
-        for t, r in THRESHOLDS
-    }
 
 
 @torch.no_grad()
@@ -89,7 +74,7 @@ def evaluate_model(
             state, out = model.rollout(state, {k: v[:, a - t0 : z - t0] for k, v in obs.items()})
             chunk_poses.append(out["pose"].double().numpy())
             t = z - 1
-            if t in times and model.supports_query and t >= query_min_gap:
+            if t in times and t >= query_min_gap:
                 est_now = np.concatenate([*poses, *chunk_poses], axis=1)
                 for _ in range(queries):
                     q = rng.integers(0, t - query_min_gap + 1, size=b)
@@ -121,15 +106,15 @@ def evaluate_model(
     result["per_sequence_ate_m"] = [float(r["ate_rmse_m"]) for r in rows]
     if q_pred:
         pred, true, traj = (np.concatenate(x) for x in (q_pred, q_true, q_traj))
-        te, re = _query_errors(pred, true)
+        te, re = query_errors(pred, true)
         result["queries"] = int(len(te))
-        result["query"] = recall(te, re) | {
+        result["query"] = query_recall(te, re) | {
             "median_m": float(np.median(te)),
             "median_deg": float(np.median(re)),
         }
         identity = np.broadcast_to(np.array([0, 0, 0, 0, 0, 0, 1.0]), true.shape)
-        result["query_identity"] = recall(*_query_errors(identity, true))
-        result["query_trajectory"] = recall(*_query_errors(traj, true))
+        result["query_identity"] = query_recall(*query_errors(identity, true))
+        result["query_trajectory"] = query_recall(*query_errors(traj, true))
     return result
 
 
@@ -211,3 +196,29 @@ def table(results: dict) -> str:
             ]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def summary(results: dict, distilled: str) -> dict:
+    """What a shipped distilled model's ``model.json`` carries from a ``compare`` run:
+    the gap closed by the distilled model ``distilled`` and, per model of the same-budget
+    comparison, ATE, RPE and query recall in both modes."""
+    if distilled not in results.get("gap_closed", {}):
+        raise KeyError(
+            f"{distilled!r} has no gap_closed in the comparison (it needs a student, a "
+            f"teacher and a model named distilled*; have {sorted(results['models'])})"
+        )
+    metrics = (*KEYS, "query")
+    return {
+        "distilled": distilled,
+        "gap_closed": results["gap_closed"][distilled],
+        "sequences": results["sequences"],
+        "frames": results["frames"],
+        "models": {
+            name: {"cell": e["cell"], "step": e["step"]}
+            | {
+                mode: {k: e[mode][k] for k in metrics if k in e[mode]}
+                for mode in ("odom", "images")
+            }
+            for name, e in results["models"].items()
+        },
+    }
