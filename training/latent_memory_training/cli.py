@@ -113,12 +113,35 @@ def _run_bench_accuracy(args: argparse.Namespace, cells: list[str]) -> int:
     steps = 2400 if args.full else args.train_steps
     test = find_sequences(args.test)
     test = test if args.full else test[: args.test_sequences]
+    test_seqs = load_prepared(test, 128, 96, jobs=args.jobs)
     half = max(1, steps // 2)
     cfg = TrainConfig(steps=steps, window=48, spans=(1, 4, 16, 47),
                       val_every=half, curriculum_steps=half)  # fmt: skip
+    # The teacher trains first: the distilled rows learn from it.
+    cells = sorted(cells, key=lambda c: c != "bottleneck")
+    teacher = args.teacher
+    if args.distill and teacher is None and "bottleneck" not in cells:
+        print("error: --distill needs --teacher or the bottleneck cell", file=sys.stderr)
+        return 2
     rows = []
-    for cell in (c for c in cells if c in CELLS):
-        rows.append(cell_accuracy(cell, train, val, test, args.out, cfg, jobs=args.jobs))
+    for cell, distilled in ((c, d) for c in cells for d in (False, True)):
+        if distilled and not (args.distill and cell in CELLS):
+            continue
+        rows.append(
+            cell_accuracy(
+                cell,
+                train,
+                val,
+                test,
+                test_seqs,
+                args.out,
+                cfg,
+                args.jobs,
+                teacher if distilled else None,
+            )  # fmt: skip
+        )
+        if cell == "bottleneck" and teacher is None:
+            teacher = Path(rows[-1]["checkpoint"])
         (args.out / "accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
         (args.out / "accuracy.md").write_text(accuracy_table(rows) + "\n")
         print(accuracy_table(rows[-1:]).splitlines()[-1], flush=True)
@@ -214,8 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", type=Path, help="train renders (*.npz): also train every cell")
     bench.add_argument("--val", type=Path, help="validation renders (*.npz)")
     bench.add_argument("--test", type=Path, help="held-out renders (*.npz)")
-    bench.add_argument("--train-steps", type=int, default=300, help="training budget per cell")
-    bench.add_argument("--test-sequences", type=int, default=5, help="held-out sequences used")
+    bench.add_argument("--train-steps", type=int, default=150, help="training budget per cell")
+    bench.add_argument("--test-sequences", type=int, default=3, help="held-out sequences used")
+    bench.add_argument(
+        "--distill",
+        action="store_true",
+        help="also train every fixed-state cell distilled from the teacher (+distill rows)",
+    )
+    bench.add_argument(
+        "--teacher", type=Path, help="teacher checkpoint for --distill (default: train one)"
+    )
     bench.add_argument("--jobs", type=int, default=2, help="processes for data and evaluation")
     bench.add_argument(
         "--full",

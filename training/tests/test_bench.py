@@ -1,6 +1,7 @@
 """The cost benchmark runs for a fixed-state cell and the growing full-history reference."""
 
 import json
+from pathlib import Path
 
 from latent_memory_training.benchmark.costs import run_costs
 
@@ -21,7 +22,10 @@ def test_costs_report_every_column(tmp_path):
     assert (tmp_path / "latency.png").stat().st_size > 10_000
 
 
-def test_accuracy_trains_exports_and_scores_a_cell(tmp_path):
+def test_accuracy_trains_exports_and_scores_cells_with_and_without_distillation(tmp_path):
+    """A fixed-state cell is exported and scored through the runtime beside the
+    baselines; the growing teacher is scored in PyTorch; a cell distilled from that
+    teacher gets its own row; every row has query recall."""
     from latent_memory_training.benchmark.accuracy import accuracy_table, cell_accuracy
     from latent_memory_training.data.generate import render_sequence
     from latent_memory_training.data.prepare import load_prepared
@@ -30,13 +34,27 @@ def test_accuracy_trains_exports_and_scores_a_cell(tmp_path):
     paths = []
     for split, i in (("train", 0), ("val", 0), ("test", 0)):
         path = tmp_path / f"{split}.npz"
-        render_sequence(split, i, seed=2, frames=30, size=(160, 120)).save(path)
+        render_sequence(split, i, seed=2, frames=160, size=(160, 120)).save(path)
         paths.append(path)
-    train, val = load_prepared(paths[:2], 128, 96)
+    train, val, test = load_prepared(paths, 128, 96)
     cfg = TrainConfig(steps=2, batch=2, window=8, spans=(1, 4), val_every=2, min_episode=16)
-    row = cell_accuracy("gru", [train], [val], [paths[2]], tmp_path / "runs", cfg, jobs=1)
-    assert row["cell"] == "gru" and row["test_sequences"] == 1 and row["train_s"] > 0
-    assert (tmp_path / "runs" / "gru" / "model" / "step.onnx").is_file()
+    runs = tmp_path / "runs"
+
+    def row(cell, teacher=None):
+        return cell_accuracy(cell, [train], [val], [paths[2]], [test], runs, cfg, 1, teacher)
+
+    teacher = row("bottleneck")
+    gru, distilled = row("gru"), row("gru", Path(teacher["checkpoint"]))
+    assert teacher["runtime"] == "pytorch" and gru["runtime"] == "onnxruntime"
+    assert "odometry_ate_rmse_m" not in teacher  # the baselines come with exported cells
+    assert distilled["cell"] == "gru+distill"
+    assert (runs / "gru" / "model" / "step.onnx").is_file()
+    assert (runs / "gru+distill" / "model" / "query.onnx").is_file()
     for method in ("model_odom", "model_images", "odometry", "classical_vo", "no_motion"):
-        assert row[f"{method}_ate_rmse_m"] >= 0
-    assert "| gru |" in accuracy_table([row])
+        assert gru[f"{method}_ate_rmse_m"] >= 0
+    for r in (teacher, gru, distilled):
+        assert r["test_sequences"] == 1 and r["train_s"] > 0
+        assert r["model_odom_ate_rmse_m"] >= 0 and r["model_images_ate_rmse_m"] >= 0
+        assert 0 <= r["query_recall_0.25m_5deg"] <= r["query_recall_0.5m_10deg"] <= 1
+    table = accuracy_table([teacher, gru, distilled])
+    assert "| bottleneck | pytorch |" in table and "| gru+distill | onnxruntime |" in table

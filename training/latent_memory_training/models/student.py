@@ -101,7 +101,9 @@ class LocalisationModel(nn.Module):
         pose[:, 6] = 1.0
         return {**state, "pose": pose, "bias": torch.zeros(batch, 3)}
 
-    def step(self, state: State, obs: dict[str, torch.Tensor]) -> tuple[State, dict]:
+    def step(
+        self, state: State, obs: dict[str, torch.Tensor], memory: bool = False
+    ) -> tuple[State, dict]:
         odom, cues = obs["odom"], obs["cues"]
         odom_valid = odom[:, 7:8]
         odom_rot = so3.quat_to_rotvec(odom[:, 3:7]) * odom_valid
@@ -137,7 +139,7 @@ class LocalisationModel(nn.Module):
         pose = so3.compose(state["pose"], motion)
         new_state = {**cell_state, "pose": pose, "bias": bias}
         out = {"pose": pose, "motion": motion, "log_var": self.log_var(h), "bias": bias}
-        if self.cell.fixed_memory:  # what distillation matches: N x E at every frame
+        if memory:  # the memory view (N x E slots), what distillation matches
             out["memory"] = self.cell.memory(cell_state)
         return new_state, out
 
@@ -155,12 +157,13 @@ class LocalisationModel(nn.Module):
         return so3.motion_to_pose(rel[:, :3], rel[:, 3:]), self.query_log_var(h)
 
     def rollout(
-        self, state: State, obs: dict[str, torch.Tensor]
+        self, state: State, obs: dict[str, torch.Tensor], memory: bool = False
     ) -> tuple[State, dict[str, torch.Tensor]]:
-        """Step through ``[B, T, ...]`` observations; outputs stacked along time."""
+        """Step through ``[B, T, ...]`` observations; outputs stacked along time (with
+        the memory view at every frame when ``memory``)."""
         outs = []
         for t in range(obs["image"].shape[1]):
-            state, out = self.step(state, {k: v[:, t] for k, v in obs.items()})
+            state, out = self.step(state, {k: v[:, t] for k, v in obs.items()}, memory)
             outs.append(out)
         return state, {k: torch.stack([o[k] for o in outs], dim=1) for k in outs[0]}
 

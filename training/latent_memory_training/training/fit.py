@@ -266,7 +266,8 @@ class Teacher:
 
     @torch.no_grad()
     def memories(self, obs: dict, reset: torch.Tensor) -> torch.Tensor:
-        self.state, out = self.model.rollout(carry_state(self.model, self.state, reset), obs)
+        state = carry_state(self.model, self.state, reset)
+        self.state, out = self.model.rollout(state, obs, memory=True)
         return out["memory"]
 
 
@@ -402,7 +403,7 @@ class WindowStep(nn.Module):
         # Streams starting an episode take a fresh initial state, through which the
         # learned initial memory gets gradients.
         state = carry_state(self.model, state, reset)
-        state, out = self.model.rollout(state, obs)
+        state, out = self.model.rollout(state, obs, memory=teacher_memory is not None)
         loss, terms = window_loss(out, targets, self.cfg)
         q_loss, q_terms = query_loss(self.model, state, targets, self.cfg)
         loss, terms = loss + q_loss, terms | q_terms
