@@ -75,7 +75,7 @@ def _torch_step_times(model: LocalisationModel, steps: int) -> list[float]:
 def cell_costs(name: str, at: tuple[int, ...] = AT) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model = LocalisationModel(ModelConfig(cell=name)).eval()
+    model = LocalisationModel(ModelConfig(cell=name)).eval().requires_grad_(False)
     state = model.initial_state(1)
     obs = dict(zip(("image", "odom", "dt", "cues"), example_inputs(model)[:4], strict=True))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
