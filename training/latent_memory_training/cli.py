@@ -84,13 +84,22 @@ def _run_export(args: argparse.Namespace) -> int:
     metrics = {}
     for path in args.metrics or []:
         metrics |= json.loads(Path(path).read_text())
+    if args.heldout:
+        results = json.loads(Path(args.heldout).read_text())
+        metrics["heldout"] = {
+            "sequences": len({r["sequence"] for r in results["per_sequence"]}),
+            "summary": results["summary"],
+            "calibration": results["calibration"],
+        }
     if args.distillation:
         from latent_memory_training.benchmark.distillation import summary
 
         results = json.loads(Path(args.distillation).read_text())
-        metrics["distillation"] = summary(results, args.distilled) | {
-            "command": args.distillation_command or ""
-        }
+        try:
+            metrics["distillation"] = summary(results, args.distilled)
+        except KeyError as err:
+            print(f"error: --distillation {args.distillation}: {err.args[0]}", file=sys.stderr)
+            return 2
     training = {k: data[k] for k in ("train_config", "step", "history") if k in data}
     if args.data_summary:
         training["data"] = json.loads(Path(args.data_summary).read_text())
@@ -221,12 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics", type=Path, action="append", help="JSON of metrics measured before export"
     )
     export.add_argument(
+        "--heldout", type=Path, help="results of `heldout` to summarise into model.json"
+    )
+    export.add_argument(
         "--distillation", type=Path, help="results of `compare` to summarise into model.json"
     )
     export.add_argument(
         "--distilled", default="distilled", help="the compared model this one comes from"
     )
-    export.add_argument("--distillation-command", help="the compare command, for the record")
     export.add_argument("--data-summary", type=Path, help="JSON describing the training data")
     bench = sub.add_parser(
         "bench", help="per-cell cost: parameters, state bytes, FLOPs, latency against t"

@@ -260,3 +260,49 @@ def test_a_model_without_a_query_graph_loads_and_says_so(exported, tmp_path):
         StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0).query(
             np.zeros((48, 64), np.uint8)
         )
+
+
+def test_export_cli_writes_heldout_and_distillation_metrics_into_model_json(tmp_path, capsys):
+    """`export --heldout --distillation` summarises the two result files into model.json:
+    the held-out summary and calibration, and the distilled model's gap closed beside
+    the compared models' ATE and query recall."""
+    from latent_memory_training.cli import main
+
+    mode = {"ate_rmse_m": 0.1, "ate_sim3_rmse_m": 0.09, "rpe_trans_m": 1e-3, "rpe_rot_deg": 0.08}
+    mode |= {"per_sequence_ate_m": [0.1], "query": {"recall_0.25m_5deg": 0.02}}
+    model = {"cell": "kinaema", "step": 600, "odom": mode, "images": mode}
+    compare = {
+        "sequences": 20,
+        "frames": 1800,
+        "models": {"teacher": model, "student": model, "distilled_cosine": model},
+        "gap_closed": {"distilled_cosine": {"odom": 1.15, "images": 0.2}},
+    }
+    heldout = {
+        "summary": {"original": {"model_odom": {"ate_rmse_m": 0.15}}},
+        "calibration": {"original": {"model_odom": {"sigma_trans_m": {"p99": 1e-3}}}},
+        "per_sequence": [{"sequence": "test_000"}, {"sequence": "test_001"}],
+    }
+    (tmp_path / "compare.json").write_text(json.dumps(compare))
+    (tmp_path / "heldout.json").write_text(json.dumps(heldout))
+    out = tmp_path / "model"
+    args = [
+        "export",
+        "--random-init",
+        "--out",
+        str(out),
+        "--heldout",
+        str(tmp_path / "heldout.json"),
+    ]
+    args += ["--distillation", str(tmp_path / "compare.json"), "--distilled", "distilled_cosine"]
+    assert main(args) == 0
+    metrics = json.loads((out / "model.json").read_text())["metrics"]
+    assert metrics["heldout"]["sequences"] == 2
+    assert metrics["heldout"]["summary"] == heldout["summary"]
+    assert metrics["distillation"]["gap_closed"] == {"odom": 1.15, "images": 0.2}
+    assert (
+        metrics["distillation"]["models"]["student"]["odom"]["query"]["recall_0.25m_5deg"] == 0.02
+    )
+    assert "per_sequence_ate_m" not in metrics["distillation"]["models"]["student"]["odom"]
+    args[-1] = "distilled"  # not among the compared models: a clear error
+    assert main(args) == 2
+    assert "'distilled' has no gap_closed" in capsys.readouterr().err
