@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--jobs", type=int, default=1, help="processes preparing uncached data")
         _add_dataclass_arguments(p, ModelConfig, "model-")
         _add_dataclass_arguments(p, TrainConfig)
-    distill.set_defaults(distill_weight=1.0)
+    distill.set_defaults(distill_weight=0.1, distill_distance="cosine")  # the shipped recipe
 
     export = sub.add_parser("export", help="export a checkpoint to models/NAME for the node")
     export.add_argument("--checkpoint", type=Path)
@@ -248,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", type=Path, help="train renders (*.npz): also train every cell")
     bench.add_argument("--val", type=Path, help="validation renders (*.npz)")
     bench.add_argument("--test", type=Path, help="held-out renders (*.npz)")
-    bench.add_argument("--train-steps", type=int, default=150, help="training budget per cell")
-    bench.add_argument("--test-sequences", type=int, default=3, help="held-out sequences used")
+    bench.add_argument("--train-steps", type=int, default=100, help="training budget per cell")
+    bench.add_argument("--test-sequences", type=int, default=2, help="held-out sequences used")
     bench.add_argument(
         "--distill",
         action="store_true",
