@@ -9,6 +9,7 @@ Every test starts its own node (its own name and topics), so they do not see eac
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -252,14 +253,21 @@ def test_enable_pauses_and_resumes_with_the_memory_kept(
 
 
 def test_set_pose_reanchors_the_output(
-    start_node, model_dir: Path, harnesses: list[Harness]
+    start_node, model_dir: Path, harnesses: list[Harness], tmp_path: Path
 ) -> None:
-    node, h = start(start_node, model_dir, "lm_set_pose")
+    # The shipped model without its query graph, as one exported before query.onnx.
+    no_query = tmp_path / "no_query"
+    shutil.copytree(model_dir, no_query)
+    (no_query / "query.onnx").unlink(missing_ok=True)
+    spec = json.loads((no_query / "model.json").read_text())
+    spec.pop("query", None)
+    spec["sha256"].pop("query.onnx", None)
+    (no_query / "model.json").write_text(json.dumps(spec))
+    node, h = start(start_node, no_query, "lm_set_pose")
     h = connect(h, harnesses)
-    if "query" not in json.loads((model_dir / "model.json").read_text()):
-        # A model exported before query.onnx: said once at start-up, nothing subscribed.
-        assert node.log().count("has no query graph (query.onnx)") == 1
-        assert h.node.count_subscribers("/lm_set_pose/query/image") == 0
+    # Said once at start-up, nothing subscribed.
+    assert node.log().count("has no query graph (query.onnx)") == 1
+    assert h.node.count_subscribers("/lm_set_pose/query/image") == 0
     publisher = h.node.create_publisher(PoseWithCovarianceStamped, "/lm_set_pose/set_pose", 10)
     h.wait(lambda: publisher.get_subscription_count() > 0, "the ~/set_pose subscription")
     frames = texture_frames(4)
