@@ -51,6 +51,18 @@ class Track(NamedTuple):
     stamps: np.ndarray
     poses: np.ndarray
 
+    def at(self, stamps: np.ndarray, max_dt: float = np.inf) -> np.ndarray:
+        """The nearest-in-time pose for each of ``stamps``: ``(len(stamps), 7)``; rows with
+        no pose within ``max_dt`` seconds are NaN."""
+        stamps = np.asarray(stamps, dtype=np.float64)
+        out = np.full((len(stamps), 7), np.nan)
+        if len(self.stamps) == 0:
+            return out
+        nearest = _nearest(self.stamps, stamps)
+        ok = np.abs(self.stamps[nearest] - stamps) <= max_dt
+        out[ok] = self.poses[nearest[ok]]
+        return out
+
 
 @dataclass
 class BagRun:
@@ -87,14 +99,9 @@ class BagRun:
 
         Rows with no odometry message within ``max_dt`` seconds are NaN.
         """
-        stamps = np.asarray(stamps, dtype=np.float64)
-        out = np.full((len(stamps), 7), np.nan)
-        if self.odom is None or len(self.odom.stamps) == 0:
-            return out
-        nearest = _nearest(self.odom.stamps, stamps)
-        ok = np.abs(self.odom.stamps[nearest] - stamps) <= max_dt
-        out[ok] = self.odom.poses[nearest[ok]]
-        return out
+        if self.odom is None:
+            return np.full((len(stamps), 7), np.nan)
+        return self.odom.at(stamps, max_dt)
 
 
 def read_run(

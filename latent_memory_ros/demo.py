@@ -236,7 +236,13 @@ def replay_into_node(
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-    return {"poses": poses, "diagnostics": dict(diagnostics), "stats": stats, "answers": answers}
+    return {
+        "poses": poses,
+        "diagnostics": dict(diagnostics),
+        "stats": stats,
+        "asked": len(queries or []),
+        "answers": answers,
+    }
 
 
 def query_metrics(
@@ -248,8 +254,7 @@ def query_metrics(
     if not answers:
         return {"query_asked": asked, "query_answered": 0}
     stamps = np.array(sorted(answers))
-    nearest = np.abs(run.gt.stamps[:, None] - np.append(stamps, last_stamp)).argmin(axis=0)
-    gt = run.gt.poses[nearest]
+    gt = run.gt.at(np.append(stamps, last_stamp))
     true = geometry.relative(np.broadcast_to(gt[-1], gt[:-1].shape), gt[:-1])
     pred = np.stack([answers[s] for s in stamps])
     identity = np.broadcast_to(geometry.IDENTITY, true.shape)
@@ -359,7 +364,6 @@ def main(argv: list[str] | None = None) -> int:
         collected = replay_into_node(
             bag, node_process, node_log, args.timeout, args.startup, queries, run.image_frame_id
         )
-        collected["asked"] = len(queries)
         replayed = time.monotonic()
         stop_node(node_process)
         metrics = score(run, run.base_to_camera, collected, out)

@@ -133,27 +133,23 @@ def _run_bench_accuracy(args: argparse.Namespace, cells: list[str]) -> int:
         print("error: --distill needs --teacher or the bottleneck cell", file=sys.stderr)
         return 2
     rows = []
-    for cell, distilled in ((c, d) for c in cells for d in (False, True)):
-        if distilled and not (args.distill and cell in CELLS):
-            continue
+
+    def add(cell: str, distilled_from: Path | None = None) -> None:
         rows.append(
             cell_accuracy(
-                cell,
-                train,
-                val,
-                test,
-                test_seqs,
-                args.out,
-                cfg,
-                args.jobs,
-                teacher if distilled else None,
-            )  # fmt: skip
+                cell, train, val, test, test_seqs, args.out, cfg, args.jobs, distilled_from
+            )
         )
-        if cell == "bottleneck" and teacher is None:
-            teacher = Path(rows[-1]["checkpoint"])
         (args.out / "accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
         (args.out / "accuracy.md").write_text(accuracy_table(rows) + "\n")
         print(accuracy_table(rows[-1:]).splitlines()[-1], flush=True)
+
+    for cell in cells:
+        add(cell)
+        if cell == "bottleneck" and teacher is None:
+            teacher = Path(rows[-1]["checkpoint"])
+        if args.distill and cell in CELLS:
+            add(cell, teacher)
     print(accuracy_table(rows))
     return 0
 
