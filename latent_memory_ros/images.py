@@ -8,7 +8,10 @@
   only full copy (none at all for packed rgb8). YUV 4:2:2 frames always take the
   numpy/cv2 path (see :data:`SUPPORTED_ENCODINGS`).
 - :func:`compressed_msg_to_rgb`: sensor_msgs/CompressedImage (JPEG or PNG, as
-  image_transport's ``compressed`` plugin publishes it), checked before it is decoded.
+  image_transport's ``compressed`` plugin publishes it), checked before it is decoded
+  (:func:`validate_compressed_msg`), its size read from the PNG / JPEG header first.
+- Both refuse a frame of more than ``max_pixels`` pixels before anything of its size is
+  allocated: a 400 KB PNG can declare 20000x20000 pixels (1.2 GB of RGB).
 - :func:`check_camera_info` lists what makes a sensor_msgs/CameraInfo unfit for the model,
   and :class:`FieldOfViewAdapter` warps a camera's frames to the model's intrinsics, so a
   camera with another lens still shows the model the rays it was trained on.
@@ -17,6 +20,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -62,15 +66,31 @@ padded rows, see ``_cv_bridge_to_rgb``), rosbags-image reads packed rows only. O
 """
 
 
-def validate_image_msg(msg: Any) -> _Encoding:
-    """Check the header fields against the payload; raise FrameError naming the problem."""
+DEFAULT_MAX_PIXELS = 4096 * 4096
+"""The default bound on width x height of a frame: above any camera a robot carries (a
+4K UHD frame is 8.3 MPixel), far below what would exhaust a small computer's memory."""
+
+
+def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width <= 0 or height <= 0:
+        raise FrameError(f"empty image: {width}x{height} (width x height)")
+    if width * height > max_pixels:
+        raise FrameError(
+            f"{what} {width}x{height} = {width * height / 1e6:.1f} MPixel, more than "
+            f"max_image_pixels {max_pixels} ({max_pixels / 1e6:.1f} MPixel): refused before "
+            "decoding"
+        )
+
+
+def validate_image_msg(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Encoding:
+    """Check the header fields against the payload and the size against ``max_pixels``;
+    raise FrameError naming the problem."""
     encoding = SUPPORTED_ENCODINGS.get(msg.encoding)
     if encoding is None:
         raise FrameError(
             f"unsupported encoding {msg.encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})"
         )
-    if msg.height <= 0 or msg.width <= 0:
-        raise FrameError(f"empty image: {msg.width}x{msg.height} (width x height)")
+    _check_size(msg.width, msg.height, max_pixels, "image is")
     if msg.encoding in _YUV422_TO_RGB and msg.width % 2:
         # Each pair of pixels shares one U and one V sample: an odd width has no pair.
         raise FrameError(
@@ -204,17 +224,19 @@ def _next_converter(current: _Converter) -> _Converter:
     return converters[converters.index(current) + 1]
 
 
-def image_msg_to_rgb(msg: Any, converter: str | None = None) -> np.ndarray:
+def image_msg_to_rgb(
+    msg: Any, converter: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Convert a sensor_msgs/Image to an (H, W, 3) uint8 RGB array.
 
     ``converter`` picks one of :data:`CONVERTERS` (tests compare them); the default is
     :data:`CONVERTER`. YUV 4:2:2 frames always use the numpy/cv2 one (see
-    :data:`SUPPORTED_ENCODINGS`). Raises :class:`FrameError` for an unsupported encoding
-    or a header that does not match the payload. The result may share memory with
-    ``msg.data``.
+    :data:`SUPPORTED_ENCODINGS`). Raises :class:`FrameError` for an unsupported encoding,
+    a header that does not match the payload or more than ``max_pixels`` pixels. The
+    result may share memory with ``msg.data``.
     """
     convert = CONVERTERS[converter or CONVERTER]
-    encoding = validate_image_msg(msg)
+    encoding = validate_image_msg(msg, max_pixels)
     if msg.encoding in _YUV422_TO_RGB:
         convert = _numpy_to_rgb
     try:
@@ -273,17 +295,52 @@ def _declared_codec(fmt: str) -> str | None:
     return None  # empty or unknown: the payload's magic bytes decide
 
 
-def compressed_msg_to_rgb(
-    msg: Any, *, width: int | None = None, height: int | None = None
-) -> np.ndarray:
-    """Decode a sensor_msgs/CompressedImage (JPEG or PNG) to an (H, W, 3) uint8 RGB array.
+# JPEG start-of-frame markers (SOF0-SOF15 but DHT C4, JPG C8 and DAC CC): they carry the
+# frame's size. Markers without a length field: TEM and RST0-7.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
-    The codec comes from ``msg.format`` and must agree with the payload's magic bytes;
-    an empty or unknown format leaves it to the magic bytes alone. Grey images become
-    three equal channels, 16-bit PNGs are scaled to 8 bits like mono16, alpha is dropped.
-    ``width``/``height``, when given, are the size the frame must have (the camera_info's,
-    say). Raises :class:`FrameError` for an empty or truncated payload, an unsupported
-    format, bytes that do not decode, or a size that differs from the declared one.
+
+def _jpeg_size(data: memoryview) -> tuple[int, int] | None:
+    """(width, height) from the first start-of-frame segment, None when there is none
+    before the image data: the segments are walked by their lengths, nothing decoded."""
+    i = 2  # after SOI
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None  # not at a marker: corrupt
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+        elif marker in _JPEG_STANDALONE:
+            i += 2
+        elif marker in _JPEG_SOF:
+            if i + 9 > len(data):
+                return None
+            height, width = struct.unpack_from(">HH", data, i + 5)
+            return width, height
+        elif marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header
+            return None
+        else:
+            i += 2 + struct.unpack_from(">H", data, i + 2)[0]
+    return None
+
+
+def _png_size(data: memoryview) -> tuple[int, int] | None:
+    """(width, height) from the IHDR chunk, which the PNG format puts first."""
+    if len(data) < 24 or bytes(data[12:16]) != b"IHDR":
+        return None
+    return struct.unpack_from(">II", data, 16)
+
+
+def validate_compressed_msg(
+    msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, str]:
+    """The payload (uint8) and codec ('jpeg' or 'png') of a sensor_msgs/CompressedImage
+    that :func:`compressed_msg_to_rgb` can decode, read from its headers only.
+
+    Raises :class:`FrameError` for an empty or truncated payload, an unsupported format
+    or one that disagrees with the magic bytes, a header without a size, or a declared
+    size of more than ``max_pixels`` pixels (OpenCV would allocate it before decoding).
     """
     try:
         payload = np.frombuffer(msg.data, dtype=np.uint8)
@@ -308,6 +365,30 @@ def compressed_msg_to_rgb(
         raise FrameError(
             f"truncated JPEG: {payload.size} bytes without the end-of-image marker FF D9"
         )
+    size = (_jpeg_size if codec == "jpeg" else _png_size)(memoryview(payload))
+    if size is None:
+        raise FrameError(f"{codec} payload has no header with the image size")
+    _check_size(*size, max_pixels, f"{codec} header declares")
+    return payload, codec
+
+
+def compressed_msg_to_rgb(
+    msg: Any,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode a sensor_msgs/CompressedImage (JPEG or PNG) to an (H, W, 3) uint8 RGB array.
+
+    The codec comes from ``msg.format`` and must agree with the payload's magic bytes;
+    an empty or unknown format leaves it to the magic bytes alone. Grey images become
+    three equal channels, 16-bit PNGs are scaled to 8 bits like mono16, alpha is dropped.
+    ``width``/``height``, when given, are the size the frame must have (the camera_info's,
+    say). Raises :class:`FrameError` for what :func:`validate_compressed_msg` refuses,
+    bytes that do not decode, or a size that differs from the declared one.
+    """
+    payload, codec = validate_compressed_msg(msg, max_pixels)
     # UNCHANGED keeps 16-bit depth (scaled with rounding below, as for mono16) and
     # ignores EXIF orientation: a rotated frame would no longer match its camera_info.
     try:
@@ -579,6 +660,7 @@ class FieldOfViewAdapter:
 __all__ = [
     "CONVERTER",
     "CONVERTERS",
+    "DEFAULT_MAX_PIXELS",
     "SUPPORTED_ENCODINGS",
     "FieldOfViewAdapter",
     "FrameError",
@@ -587,5 +669,6 @@ __all__ = [
     "check_camera_info",
     "compressed_msg_to_rgb",
     "image_msg_to_rgb",
+    "validate_compressed_msg",
     "validate_image_msg",
 ]

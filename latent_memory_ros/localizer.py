@@ -16,7 +16,9 @@ each frame's motion) into what a robot consumes (REP 103 / REP 105):
   convention) so downstream filters ignore the output, and after ``lost_reset_s`` of
   LOST the memory restarts;
 - time: a stamp that goes backwards (a bag loop) resets everything, a gap longer than
-  ``max_gap_s`` restarts the memory, and dt jitter is reported.
+  ``max_gap_s`` restarts the memory, and dt jitter is reported. A jump is trusted only
+  when the next frame follows it: the first frame after one is rejected, so a lone
+  outlier stamp (0, negative, years ahead) changes nothing.
 
 Odometry association lives here too, so the node only adapts messages.
 Snapshots of the memory are written atomically and carry the model's sha256.
@@ -48,6 +50,7 @@ __all__ = [
     "SnapshotError",
     "StampError",
     "TrackingState",
+    "remove_stale_temporaries",
 ]
 
 IDENTITY = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
@@ -71,7 +74,8 @@ class SnapshotError(RuntimeError):
 
 
 class StampError(ValueError):
-    """A frame whose stamp cannot be used (the same as the previous frame's)."""
+    """A frame whose stamp cannot be used (the same as the previous frame's, or a jump
+    that the next frame has not confirmed yet)."""
 
 
 @dataclass
@@ -103,6 +107,27 @@ class Estimate:
     # lost_reset, no_odometry. A "full" restart also means the path starts over.
     events: list[tuple[str, str]] = field(default_factory=list)
     restart: str | None = None  # None, "memory" or "full"
+
+
+def _temporary_prefix(path: Path) -> str:
+    """What :meth:`Localizer.save_snapshot`'s temporary files beside ``path`` start with."""
+    return f".{path.name}."
+
+
+def remove_stale_temporaries(path: Path | str) -> list[Path]:
+    """Delete the temporary files of saves to ``path`` that were killed between writing
+    and renaming them; returns the ones deleted. A save in progress in another process
+    (two nodes sharing one snapshot_path) then fails with an error; it never leaves a
+    broken snapshot, since only the rename publishes one."""
+    path = Path(path).expanduser()
+    removed = []
+    for stale in path.parent.glob(_temporary_prefix(path) + "*"):
+        try:
+            stale.unlink()
+        except OSError:  # gone already, or not ours to delete: the next save tries again
+            continue
+        removed.append(stale)
+    return removed
 
 
 def _rotation_block(rotation: np.ndarray) -> np.ndarray:
@@ -204,7 +229,8 @@ class Localizer:
     # Frames ---------------------------------------------------------------------------
 
     def process(self, rgb: np.ndarray, stamp_ns: int, use_odometry: bool) -> Estimate:
-        """Run one frame; raises :class:`StampError` for a repeated stamp."""
+        """Run one frame; raises :class:`StampError` for a repeated stamp or the first
+        frame after a time jump (nothing changes then)."""
         events: list[tuple[str, str]] = []
         restart = self._check_time(stamp_ns, events)
         dt = None
@@ -274,31 +300,27 @@ class Localizer:
         return estimate
 
     def _check_time(self, stamp_ns: int, events: list[tuple[str, str]]) -> str | None:
-        if self._last_stamp_ns is None:
+        """The restart this frame's stamp calls for: None, "memory" (a gap) or "full"
+        (time went back). A jump (back, or ahead by more than ``max_gap_s``) is acted on
+        only at the second frame that lands on the new time; the first one raises
+        StampError, so one wild stamp among good ones is rejected and nothing resets."""
+        last = self._last_stamp_ns
+        if last is None:
             return None
-        dt = (stamp_ns - self._last_stamp_ns) * 1e-9
+        dt = (stamp_ns - last) * 1e-9
         if dt == 0.0:
             raise StampError("stamp equal to the previous frame's (a duplicate frame)")
-        if dt < 0.0:
-            events.append(
-                (
-                    "time_backwards",
-                    f"image stamp went back by {-dt:.3f} s (a bag loop?): memory, pose "
-                    "and path reset",
+        if dt < 0.0 or (self.config.max_gap_s > 0 and dt > self.config.max_gap_s):
+            candidate, self._jump_ns = self._jump_ns, stamp_ns
+            # It follows the candidate (not the old time) when it is just after it.
+            if candidate is None or not 0 < stamp_ns - candidate < abs(stamp_ns - last):
+                raise StampError(
+                    f"stamp {stamp_ns * 1e-9:.3f} s is {abs(dt):.3f} s "
+                    f"{'before' if dt < 0 else 'after'} the previous frame's: rejected "
+                    "unless the next frame follows it (a bag loop or a pause)"
                 )
-            )
-            self.reset()
-            return "full"
-        if self.config.max_gap_s > 0 and dt > self.config.max_gap_s:
-            events.append(
-                (
-                    "gap",
-                    f"{dt:.3f} s since the previous frame (max_gap_s "
-                    f"{self.config.max_gap_s:g}): the memory restarts, the pose continues",
-                )
-            )
-            self._restart_memory()
-            return "memory"
+            return self._jump(candidate, events)
+        self._jump_ns = None  # a lone outlier before this frame stays rejected
         if len(self._dts) >= 5 and self.config.jitter_warn_s > 0:
             typical = float(np.median(self._dts))
             if abs(dt - typical) > self.config.jitter_warn_s:
@@ -310,6 +332,29 @@ class Localizer:
                 )
         self._dts.append(dt)
         return None
+
+    def _jump(self, new_time_ns: int, events: list[tuple[str, str]]) -> str:
+        """Act on a time jump to ``new_time_ns`` that two frames in a row confirmed."""
+        jump = (new_time_ns - self._last_stamp_ns) * 1e-9
+        if jump < 0.0:
+            events.append(
+                (
+                    "time_backwards",
+                    f"image stamp went back by {-jump:.3f} s (a bag loop?): memory, pose "
+                    "and path reset",
+                )
+            )
+            self.reset()
+            return "full"
+        events.append(
+            (
+                "gap",
+                f"{jump:.3f} s since the previous frame (max_gap_s "
+                f"{self.config.max_gap_s:g}): the memory restarts, the pose continues",
+            )
+        )
+        self._restart_memory()
+        return "memory"
 
     def _update_tracking(self, sigma: float, stamp_ns: int) -> None:
         """The state of this frame's sigma, entered at once when it is better than the
@@ -348,7 +393,8 @@ class Localizer:
 
     def save_snapshot(self, path: Path | str) -> Path:
         """Write the memory and the output anchor to ``path`` atomically (a temporary file
-        in the same directory, fsynced, then renamed over it)."""
+        in the same directory, fsynced, then renamed over it). Temporary files of
+        earlier saves that were killed are deleted first."""
         path = Path(path).expanduser()
         meta = {
             "format": SNAPSHOT_FORMAT,
@@ -363,7 +409,8 @@ class Localizer:
             arrays["base_in_start"] = self._base_in_start
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            remove_stale_temporaries(path)
+            fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
         except OSError as err:
             raise SnapshotError(f"cannot write the snapshot {path}: {err}") from err
         try:
@@ -418,6 +465,7 @@ class Localizer:
     def _restart_time(self) -> None:
         """The next frame starts a new chain of time steps and odometry motions."""
         self._last_stamp_ns: int | None = None
+        self._jump_ns: int | None = None  # the rejected first frame after a time jump
         self._dts: deque[float] = deque(maxlen=DT_HISTORY)
         self._camera_motion.reset()
         self.tracking = TrackingState.OK

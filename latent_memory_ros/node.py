@@ -87,6 +87,7 @@ from latent_memory_ros.localizer import (
     SnapshotError,
     StampError,
     TrackingState,
+    remove_stale_temporaries,
 )
 from latent_memory_ros.model_format import default_model_dir
 from latent_memory_ros.parameters import (
@@ -245,6 +246,7 @@ class LocalisationCore:
                 f"{', '.join(IMAGE_TRANSPORT_CHOICES)}"
             )
         base_to_camera = self._base_to_camera(param("base_to_camera"))
+        self._max_pixels: int = param("max_image_pixels")
 
         model_dir = param("model_dir") or str(default_model_dir())
         try:
@@ -262,6 +264,13 @@ class LocalisationCore:
             self._log().warning(runtime.fallback_warning)
         self.localizer = Localizer(runtime, LocalizerConfig(base_to_camera=base_to_camera))
         self._apply_parameters([node.get_parameter(p.name) for p in PARAMETERS])
+        # A ~/save_memory killed before its rename leaves its temporary file behind.
+        stale = remove_stale_temporaries(self._snapshot_path)
+        if stale:
+            self._log().info(
+                f"removed {len(stale)} temporary file(s) of interrupted snapshot saves: "
+                + ", ".join(str(p) for p in stale)
+            )
         if param("memory_snapshot"):
             try:
                 meta = self.localizer.load_snapshot(param("memory_snapshot"))
@@ -476,12 +485,14 @@ class LocalisationCore:
             if not self._enabled:
                 self.counters.paused += 1
                 return
-        if isinstance(msg, Image):
-            try:  # header against payload; no pixel is read here
-                images.validate_image_msg(msg)
-            except images.FrameError as err:
-                self._reject(msg, err)
-                return
+        try:  # headers against payload and size; no pixel is decoded here
+            if isinstance(msg, Image):
+                images.validate_image_msg(msg, self._max_pixels)
+            else:
+                images.validate_compressed_msg(msg, self._max_pixels)
+        except images.FrameError as err:
+            self._reject(msg, err)
+            return
         frame = _Frame(msg, stamp_ns(msg.header.stamp), time.monotonic())
         with self._frames:
             self._pending.append(frame)
@@ -552,11 +563,7 @@ class LocalisationCore:
     def _process(self, frame: _Frame) -> None:
         msg = frame.msg
         try:
-            if isinstance(msg, CompressedImage):
-                rgb = images.compressed_msg_to_rgb(msg)
-            else:
-                rgb = images.image_msg_to_rgb(msg)
-            rgb = self._adapt(rgb, msg.header.frame_id)
+            rgb = self._adapt(self._decode(msg), msg.header.frame_id)
             self._resolve_extrinsic(msg.header.frame_id)
             estimate = self.localizer.process(rgb, frame.stamp_ns, self._use_odom)
         except (images.FrameError, StampError) as err:
@@ -578,6 +585,12 @@ class LocalisationCore:
         self._last_estimate = estimate
         self._last_camera_frame = self._camera_frame or msg.header.frame_id
         self._publish(msg.header.stamp, estimate)
+
+    def _decode(self, msg: Image | CompressedImage) -> np.ndarray:
+        """RGB pixels of a camera or query image; FrameError says why not."""
+        if isinstance(msg, CompressedImage):
+            return images.compressed_msg_to_rgb(msg, max_pixels=self._max_pixels)
+        return images.image_msg_to_rgb(msg, max_pixels=self._max_pixels)
 
     def _adapt(self, rgb: np.ndarray, frame_id: str) -> np.ndarray:
         """Check camera_info against the image; map it to the model's field of view."""
@@ -647,10 +660,7 @@ class LocalisationCore:
         Decoding and the query graph run outside the lock; only copying the state (and
         what the outputs need) holds it, so a query sees the memory between two frames."""
         try:
-            if isinstance(msg, CompressedImage):
-                rgb = images.compressed_msg_to_rgb(msg)
-            else:
-                rgb = images.image_msg_to_rgb(msg)
+            rgb = self._decode(msg)
         except images.FrameError as err:
             self._reject_query(msg, err)
             return

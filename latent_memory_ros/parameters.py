@@ -8,6 +8,7 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from latent_memory_ros.images import DEFAULT_MAX_PIXELS
 from latent_memory_ros.runtime import DEFAULT_PROVIDERS
 
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable", "best_effort")
@@ -89,6 +90,15 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     ParameterSpec(
         "image_qos_depth", 1, "Queue depth of the image subscription.", int_range=(1, 1000)
+    ),
+    ParameterSpec(
+        "max_image_pixels",
+        DEFAULT_MAX_PIXELS,
+        "Largest width x height of an image (raw, or as a compressed one's PNG / JPEG "
+        "header declares it); larger ones are refused before decoding and counted as "
+        "frames_rejected: a small PNG can declare gigabytes of pixels. The default, 16.8 "
+        "MPixel (4096x4096), is above any robot camera.",
+        int_range=(1, 1 << 30),
     ),
     ParameterSpec(
         "camera_info_topic",
@@ -179,7 +189,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "max_gap_s",
         1.0,
         "Restart the memory (the pose continues) when frames are further apart (0: never). "
-        "A stamp going backwards (a bag loop) always resets everything.",
+        "A stamp going backwards (a bag loop) always resets everything. Either jump is "
+        "trusted at the second frame on the new time; the first is rejected, so a lone "
+        "wild stamp changes nothing.",
         3600.0,
         read_only=False,
     ),

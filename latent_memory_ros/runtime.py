@@ -10,6 +10,8 @@ import contextlib
 import io
 import logging
 import time
+import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from latent_memory_ros.model_format import (
     STEP_FILE,
     ModelError,
     ModelSpec,
+    StateSpec,
     file_sha256,
     load_spec,
 )
@@ -214,6 +217,7 @@ class StudentRuntime:
         _check_signature(
             meta, step_path.name, inputs, outputs, want_in, want_out, "'state' / 'inputs_optional'"
         )
+        _check_state_types(meta, step_path.name, inputs, self.spec.state)
         if (
             "cues" in self.spec.inputs_optional
             and self.spec.cues.get("version") != cues.CUES_VERSION
@@ -234,18 +238,43 @@ class StudentRuntime:
         _check_signature(
             meta, query_path.name, inputs, outputs, want_in, want_out, "'query.inputs'"
         )
+        _check_state_types(meta, query_path.name, inputs, self.spec.state)
 
     def _load_init_state(self) -> dict[str, np.ndarray]:
+        """The initial state from ``state_init.npz``, each array exactly as model.json's
+        ``state`` declares it. Without the file the state starts at zeros (said once),
+        unless the model carries a pose (state ``pose``): an all-zero quaternion is no
+        rotation, and every pose would come out NaN."""
         path = self.spec.directory / STATE_INIT_FILE
-        saved = dict(np.load(path)) if path.is_file() else {}
+        if not path.is_file():
+            poses = [s.name for s in self.spec.state if s.name == "pose"]
+            if poses:
+                raise ModelError(
+                    f"{path}: file missing; the model needs its learned initial state "
+                    f"(model.json field 'state': {poses} is a pose, which cannot start at "
+                    "zeros)"
+                )
+            log.warning("latent_memory runtime: %s missing: the state starts at zeros", path)
+            return {s.name: np.zeros(s.shape, dtype=s.dtype) for s in self.spec.state}
+        try:
+            saved = np.load(path, allow_pickle=False)  # a model file must not run code
+            if not isinstance(saved, np.lib.npyio.NpzFile):
+                raise ValueError("one .npy array, not an .npz archive")
+            with saved:
+                arrays = {name: saved[name] for name in saved.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise ModelError(f"{path}: not a readable .npz archive of arrays ({err})") from err
         state = {}
         for s in self.spec.state:
-            value = saved.get(s.name, np.zeros(s.shape, dtype=s.dtype))
-            if value.shape != s.shape:
+            value = arrays.get(s.name)
+            if value is None:
+                raise ModelError(f"{path}: array '{s.name}' missing (model.json field 'state')")
+            if value.shape != s.shape or value.dtype != np.dtype(s.dtype):
                 raise ModelError(
-                    f"{path}: array '{s.name}' has shape {value.shape}, want {s.shape}"
+                    f"{path}: array '{s.name}' is {value.dtype} {value.shape}, model.json "
+                    f"field 'state' declares {s.dtype} {s.shape}"
                 )
-            state[s.name] = value.astype(s.dtype)
+            state[s.name] = value
         return state
 
     def reset(self) -> None:
@@ -392,6 +421,28 @@ class StudentRuntime:
             log_var=np.array(log_var).reshape(-1, 6),
             step_ms=np.array(step_ms),
         )
+
+
+# onnxruntime's names of the element types a state entry's model.json dtype can be.
+_ORT_TYPES = {
+    "float32": "tensor(float)",
+    "float16": "tensor(float16)",
+    "float64": "tensor(double)",
+    "int32": "tensor(int32)",
+    "int64": "tensor(int64)",
+}
+
+
+def _check_state_types(meta: Path, graph: str, inputs: dict, states: Iterable[StateSpec]) -> None:
+    """Each state input of the graph has the dtype model.json declares: otherwise
+    onnxruntime fails only at the first step, with its own traceback."""
+    for i, s in enumerate(states):
+        arg = inputs.get(f"state.{s.name}")
+        if arg is not None and arg.type != _ORT_TYPES.get(s.dtype):
+            raise ModelError(
+                f"{meta}: field 'state[{i}].dtype' is '{s.dtype}' but {graph} input "
+                f"'state.{s.name}' is {arg.type}"
+            )
 
 
 def _check_signature(

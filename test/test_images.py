@@ -25,6 +25,7 @@ from latent_memory_ros.images import (
     check_camera_info,
     compressed_msg_to_rgb,
     image_msg_to_rgb,
+    validate_compressed_msg,
 )
 
 HEIGHT, WIDTH = 5, 7
@@ -385,7 +386,11 @@ PNG = encode(smooth_rgb(), ".png")
         (JPEG[: len(JPEG) // 2], "jpeg", "truncated JPEG"),
         (JPEG[:-1], "jpeg", "truncated JPEG"),
         (PNG[: len(PNG) // 2], "png", "cannot decode the .*png payload"),
-        (b"\xff\xd8\xff\xe0" + RNG.bytes(400) + b"\xff\xd9", "jpeg", "cannot decode"),
+        (
+            b"\xff\xd8\xff\xe0" + RNG.bytes(400) + b"\xff\xd9",
+            "jpeg",
+            "no header with the image size",
+        ),
         (b"GIF89a" + bytes(40), "", "neither JPEG nor PNG .*47 49 46 38"),
         (bytes(100), "jpeg", "neither JPEG nor PNG"),
         (JPEG, "png", "format 'png' but the payload is jpeg"),
@@ -412,8 +417,32 @@ def test_a_png_claiming_too_many_pixels_is_refused() -> None:
         + chunk(b"IDAT", zlib.compress(bytes(100)))
         + chunk(b"IEND", b"")
     )
-    with pytest.raises(FrameError, match="cannot decode the 69-byte png payload"):
+    with pytest.raises(FrameError, match=r"png header declares 100000x100000 = 10000.0 MPixel"):
         compressed_msg_to_rgb(compressed(bomb, "png"))
+
+
+def test_the_size_a_jpeg_declares_is_read_before_decoding_and_bounded() -> None:
+    # A 64 KB APP1 (EXIF) segment before the frame header, as cameras write it.
+    app1 = b"\xff\xe1" + struct.pack(">H", 65_000) + bytes(64_998)
+    jpeg = bytearray(JPEG[:2] + app1 + JPEG[2:])
+    sof = jpeg.index(b"\xff\xc0")
+    assert validate_compressed_msg(compressed(bytes(jpeg), "jpeg"), max_pixels=32 * 24)[1] == "jpeg"
+    with pytest.raises(FrameError, match=r"jpeg header declares 32x24 = 0.0 MPixel, more than"):
+        validate_compressed_msg(compressed(bytes(jpeg), "jpeg"), max_pixels=32 * 24 - 1)
+    jpeg[sof + 5 : sof + 9] = struct.pack(">HH", 16_000, 16_000)
+    with pytest.raises(FrameError, match=r"jpeg header declares 16000x16000 = 256.0 MPixel"):
+        compressed_msg_to_rgb(compressed(bytes(jpeg), "jpeg"))
+    no_frame_header = JPEG[:2] + b"\xff\xd9"
+    with pytest.raises(FrameError, match="jpeg payload has no header with the image size"):
+        compressed_msg_to_rgb(compressed(no_frame_header, "jpeg"))
+
+
+def test_raw_images_larger_than_max_pixels_are_refused() -> None:
+    msg = make_msg("rgb8")
+    pixels = msg.width * msg.height
+    assert image_msg_to_rgb(msg, max_pixels=pixels).shape == (msg.height, msg.width, 3)
+    with pytest.raises(FrameError, match=f"image is {msg.width}x{msg.height} .* more than"):
+        image_msg_to_rgb(msg, max_pixels=pixels - 1)
 
 
 def test_compressed_size_must_match_a_declared_one() -> None:

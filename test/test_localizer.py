@@ -120,18 +120,37 @@ def test_time_backwards_resets_a_gap_restarts_jitter_is_reported(localizer: Loca
     jitter = localizer.process(frames[6], 10**9 + 5 * STEP_NS + 3 * STEP_NS // 2, False)
     assert [k for k, _ in jitter.events] == ["jitter"]
 
-    gap = localizer.process(frames[7], 10**9 + 30 * STEP_NS, False)
+    # A jump is trusted at the second frame on the new time; the first is rejected.
+    with pytest.raises(StampError, match="2.350 s after the previous frame's: rejected"):
+        localizer.process(frames[7], 10**9 + 30 * STEP_NS, False)
+    gap = localizer.process(frames[7], 10**9 + 31 * STEP_NS, False)
     assert gap.restart == "memory" and [k for k, _ in gap.events] == ["gap"]
     assert localizer.runtime.frames == 1
     # The pose continues from where it was (REP 105: the odom frame does not jump).
     assert np.linalg.norm(gap.pose[:3] - jitter.pose[:3]) < 0.2
 
-    back = localizer.process(frames[0], 10**9, False)
+    with pytest.raises(StampError, match="before the previous frame's: rejected"):
+        localizer.process(frames[0], 0, False)
+    back = localizer.process(frames[0], STEP_NS, False)
     assert back.restart == "full" and [k for k, _ in back.events] == ["time_backwards"]
     np.testing.assert_allclose(back.pose, first[0].pose, atol=1e-9)
 
     with pytest.raises(StampError, match="duplicate"):
-        localizer.process(frames[1], 10**9, False)
+        localizer.process(frames[1], STEP_NS, False)
+
+
+@pytest.mark.parametrize("outlier_ns", [0, -5 * 10**9, (2**31 - 1) * 10**9])
+def test_a_lone_outlier_stamp_is_rejected_and_changes_nothing(
+    localizer: Localizer, outlier_ns: int
+) -> None:
+    frames = rgb_frames(4)
+    before = drive(localizer, frames[:2])
+    with pytest.raises(StampError, match="rejected unless the next frame follows it"):
+        localizer.process(frames[2], outlier_ns, False)
+    after = localizer.process(frames[2], 10**9 + 2 * STEP_NS, False)
+    assert after.restart is None and after.events == []
+    assert localizer.runtime.frames == 3
+    assert np.linalg.norm(after.pose[:3] - before[-1].pose[:3]) < 0.2
 
 
 def test_set_pose_reanchors_the_output(localizer: Localizer) -> None:

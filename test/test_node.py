@@ -453,6 +453,65 @@ def test_bad_model_or_parameter_exits_saying_which(
     assert "parameter base_to_camera must be 7 finite numbers" in bad_parameter.log()
 
 
+def test_a_bad_initial_state_stops_start_up_naming_the_file_and_the_array(
+    start_node: Callable[..., NodeProcess], model_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 12: without state_init.npz the shipped model started silently (and its poses
+    were NaN), random bytes gave numpy's own error, a float64 state onnxruntime's."""
+    with np.load(model_dir / "state_init.npz") as data:
+        init = {k: data[k] for k in data.files}
+
+    def variant(name: str, change: Callable[[Path], None]) -> Path:
+        directory = tmp_path / name
+        shutil.copytree(model_dir, directory)
+        change(directory)
+        return directory
+
+    def rewrite_init(**arrays: np.ndarray) -> Callable[[Path], None]:
+        return lambda d: np.savez(d / "state_init.npz", **(init | arrays))
+
+    def declare_float64(d: Path) -> None:
+        meta = json.loads((d / "model.json").read_text())
+        meta["state"][0]["dtype"] = "float64"
+        (d / "model.json").write_text(json.dumps(meta))
+
+    memory = init["memory"]
+    expected = {
+        "missing": (
+            lambda d: (d / "state_init.npz").unlink(),
+            "state_init.npz: file missing; the model needs its learned initial state",
+        ),
+        "random": (
+            lambda d: (d / "state_init.npz").write_bytes(np.random.default_rng(0).bytes(4096)),
+            "state_init.npz: not a readable .npz archive of arrays",
+        ),
+        "float64": (
+            rewrite_init(memory=memory.astype(np.float64)),
+            "state_init.npz: array 'memory' is float64 (1, 8, 64), model.json field 'state' "
+            "declares float32 (1, 8, 64)",
+        ),
+        "shape": (
+            rewrite_init(memory=memory[:, :4]),
+            "state_init.npz: array 'memory' is float32 (1, 4, 64)",
+        ),
+        "declared_float64": (
+            declare_float64,
+            "model.json: field 'state[0].dtype' is 'float64' but step.onnx input "
+            "'state.memory' is tensor(float)",
+        ),
+    }
+    nodes = {
+        name: (start_node(model_dir=variant(name, change)), text)
+        for name, (change, text) in expected.items()
+    }
+    for name, (node, text) in nodes.items():
+        assert node.wait(TIMEOUT_S * 2) == 1, f"{name}: {node.log()}"
+        log = node.log()
+        assert "[FATAL]" in log and str(tmp_path / name) in log, log
+        assert text in log, log
+        assert "Traceback" not in log, log
+
+
 # The parts with no DDS in them.
 
 

@@ -9,8 +9,12 @@ Every test starts its own node (its own name and topics), so they do not see eac
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import struct
+import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -136,6 +140,13 @@ def send_at(harness: Harness, bgr: np.ndarray, seconds: float):
     harness.image_pub.publish(image_msg(bgr, stamp))
     harness.wait(lambda: key(stamp) in harness.poses, f"the pose for {seconds} s")
     return harness.poses[key(stamp)]
+
+
+def send_rejected_at(harness: Harness, node: NodeProcess, bgr: np.ndarray, stamp: Time) -> None:
+    """A frame the node must reject for its stamp: said in the log, and no pose."""
+    harness.image_pub.publish(image_msg(bgr, stamp))
+    in_log(node, f"skipping frame stamped {stamp.sec}.{stamp.nanosec:09d}: stamp")
+    assert key(stamp) not in harness.poses
 
 
 def fake_tf_env(extra: dict | None = None) -> dict[str, str]:
@@ -349,6 +360,32 @@ def test_memory_snapshots_save_load_refuse_and_start_up(
     assert "written by model 'other'" in bad.log()
 
 
+def test_temporaries_of_killed_saves_are_removed_at_start_up_and_on_save(
+    start_node, model_dir: Path, harnesses: list[Harness], tmp_path: Path
+) -> None:
+    """Issue 12: 22 kill -9 during ~/save_memory left 11 temporary files beside the
+    snapshot. Here they are made the way the save makes them (mkstemp beside it)."""
+    snapshot = tmp_path / "snapshot.npz"
+
+    def leave_temporary() -> Path:
+        fd, name = tempfile.mkstemp(prefix=f".{snapshot.name}.", dir=tmp_path)
+        os.write(fd, b"PK\x03\x04 half a snapshot")
+        os.close(fd)
+        return Path(name)
+
+    stale = sorted(leave_temporary() for _ in range(3))
+    node, h = start(start_node, model_dir, "lm_stale", snapshot_path=snapshot)
+    h = connect(h, harnesses)
+    in_log(node, "removed 3 temporary file(s) of interrupted snapshot saves")
+    assert all(str(p) in node.log() for p in stale)
+    assert list(tmp_path.iterdir()) == []
+
+    h.send_frame(texture_frames(1)[0], base_x=0.0)
+    leave_temporary()
+    assert call(h, Trigger, "/lm_stale/save_memory", Trigger.Request()).success
+    assert [p.name for p in tmp_path.iterdir()] == [snapshot.name]
+
+
 # Time ---------------------------------------------------------------------------------
 
 
@@ -365,17 +402,45 @@ def test_time_going_back_resets_gaps_restart_and_jitter_is_warned(
     send_at(h, frames[7], t0 + 0.65)  # 50 ms late
     in_log(node, "frame interval 50.0 ms, typically 100.0 ms")
 
-    send_at(h, frames[8], t0 + 5.0)  # 4.35 s gap
-    in_log(node, "(max_gap_s 1): the memory restarts, the pose continues")
+    # A gap: its first frame might be a wild stamp, the second confirms the new time.
+    send_rejected_at(h, node, frames[8], stamp_at(t0 + 5.0))
+    send_at(h, frames[9], t0 + 5.1)
+    in_log(node, "4.350 s since the previous frame (max_gap_s 1): the memory restarts")
     h.wait(lambda: len(statuses) >= 9, "the statuses")
     assert statuses[-1].values[-1].key == "frames" and statuses[-1].values[-1].value == "1"
 
-    first = send_at(h, frames[0], t0 - 10.0)  # a bag loop
-    in_log(node, "image stamp went back by 15.000 s")
+    send_rejected_at(h, node, frames[0], stamp_at(t0 - 10.0))  # a bag loop
+    first = send_at(h, frames[1], t0 - 9.9)
+    in_log(node, "image stamp went back by 15.100 s")
     h.wait(lambda: any(key(p.header.stamp) == key(first.header.stamp) for p in h.paths), "path")
     path = next(p for p in h.paths if key(p.header.stamp) == key(first.header.stamp))
     assert len(path.poses) == 1
     _, values = h.status(lambda v: v["memory_resets"] == "2" and v["jitter_warnings"] == "1")
+    assert values["frames_rejected"] == "2"
+
+
+def test_a_lone_outlier_stamp_is_rejected_and_the_pose_kept(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    """Issue 12: one frame stamped 0, negative or 2^31 s among good ones reset memory,
+    pose and path. Each is rejected and counted; the good frames carry on."""
+    node, h = start(start_node, model_dir, "lm_outlier", max_gap_s=1.0)
+    h = connect(h, harnesses)
+    frames = texture_frames(8)
+    t = 700.0
+    poses = [send_at(h, frames[0], t)]
+    for k, outlier in enumerate(
+        (Time(sec=0, nanosec=0), Time(sec=-5, nanosec=0), Time(sec=2**31 - 1, nanosec=0)),
+        start=1,
+    ):
+        send_rejected_at(h, node, frames[k], outlier)
+        poses.append(send_at(h, frames[k], t + 0.1 * k))
+    # The memory was never restarted: the path holds every good frame, in order.
+    h.wait(lambda: any(len(p.poses) == len(poses) for p in h.paths), "the full path")
+    path = next(p for p in h.paths if len(p.poses) == len(poses))
+    assert [key(p.header.stamp) for p in path.poses] == [key(p.header.stamp) for p in poses]
+    _, values = h.status(lambda v: v["frames_processed"] == str(len(poses)))
+    assert values["frames_rejected"] == "3" and values["memory_resets"] == "0"
 
 
 def test_use_sim_time_stamps_diagnostics_with_the_clock(
@@ -475,16 +540,8 @@ def test_compressed_images_are_decoded_and_corrupt_ones_counted(
     h = connect_compressed(h, harnesses, publisher)
     frames = texture_frames(3)
     for k, bgr in enumerate(frames):
-        stamp = h.next_stamp()
         fmt, ext = ("bgr8; jpeg compressed bgr8", ".jpg") if k % 2 == 0 else ("png", ".png")
-        data = cv2.imencode(ext, bgr)[1].tobytes()
-        h.send_odometry(stamp, 0.05 * k)
-        publisher.publish(
-            CompressedImage(
-                header=Header(stamp=stamp, frame_id=CAMERA_FRAME), format=fmt, data=data
-            )
-        )
-        h.wait(lambda s=stamp: key(s) in h.poses, "the pose of a compressed frame")
+        send_compressed(h, publisher, cv2.imencode(ext, bgr)[1].tobytes(), fmt, 0.05 * k)
     bad = CompressedImage(
         header=Header(stamp=h.next_stamp()), format="jpeg", data=b"\xff\xd8garbage"
     )
@@ -499,6 +556,82 @@ def connect_compressed(h: Harness, harnesses: list[Harness], publisher) -> Harne
     h.wait(lambda: h.odom_pub.get_subscription_count() > 0, "the odometry subscription")
     h.wait(lambda: h.node.count_publishers(f"/{h.name}/pose") > 0, "the pose publisher")
     return h
+
+
+def send_compressed(h: Harness, publisher, data: bytes, fmt: str, base_x: float) -> None:
+    """One good compressed frame with its odometry; waits for its pose."""
+    stamp = h.next_stamp()
+    h.send_odometry(stamp, base_x)
+    header = Header(stamp=stamp, frame_id=CAMERA_FRAME)
+    publisher.publish(CompressedImage(header=header, format=fmt, data=data))
+    h.wait(lambda: key(stamp) in h.poses, "the pose of a compressed frame")
+
+
+def png_of_zeros(width: int, height: int) -> bytes:
+    """A valid grey PNG of ``width`` x ``height`` zeros: a few MB that decode to W x H bytes."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    deflate = zlib.compressobj(1)
+    rows = bytes((width + 1) * 100)  # a filter byte and the pixels, per row
+    body = b"".join([deflate.compress(rows) for _ in range(height // 100)] + [deflate.flush()])
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
+
+
+def jpeg_declaring(bgr: np.ndarray, width: int, height: int) -> bytes:
+    """A JPEG of ``bgr`` whose frame header (SOF0) claims ``width`` x ``height``: libjpeg
+    allocates that size and decodes the rest as grey."""
+    data = bytearray(cv2.imencode(".jpg", bgr)[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def peak_rss_mb(node: NodeProcess) -> float:
+    """The node process's peak resident memory (Linux)."""
+    status = Path(f"/proc/{node.process.pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def test_images_larger_than_max_image_pixels_are_refused_before_decoding(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    """Decompression bombs (issue 12: a 425 KB PNG of 20000x20000 took the node to 1.7 GB,
+    a 3 MB JPEG of 16000x16000 to 3.65 GB) are refused from their headers and counted;
+    so is a raw image larger than max_image_pixels."""
+    node, h = start(start_node, model_dir, "lm_bomb", image_transport="compressed")
+    publisher = h.node.create_publisher(
+        CompressedImage, "/lm_bomb_in/image_raw/compressed", RELIABLE
+    )
+    h = connect_compressed(h, harnesses, publisher)
+    frames = texture_frames(2)
+    for fmt, data in (
+        ("png", png_of_zeros(20000, 20000)),
+        ("bgr8; jpeg compressed bgr8", jpeg_declaring(frames[0], 16000, 16000)),
+    ):
+        header = Header(stamp=h.next_stamp(), frame_id=CAMERA_FRAME)
+        publisher.publish(CompressedImage(header=header, format=fmt, data=data))
+    send_compressed(h, publisher, cv2.imencode(".png", frames[1])[1].tobytes(), "png", 0.0)
+    _, values = h.status(lambda v: v["frames_rejected"] == "2")
+    assert values["frames_processed"] == "1"
+    for codec, size in (("png", "20000x20000 = 400.0"), ("jpeg", "16000x16000 = 256.0")):
+        in_log(node, f"{codec} header declares {size} MPixel, more than max_image_pixels")
+    # Nothing of their size was allocated (400 MB of grey pixels, 1.2 GB of RGB).
+    assert peak_rss_mb(node) < 800, node.log()
+
+    # Raw images: width x height is bounded before any conversion.
+    raw, hr = start(start_node, model_dir, "lm_bomb_raw", max_image_pixels=96 * 72)
+    hr = connect(hr, harnesses)
+    hr.send_bad_frame(texture_frames(1, width=120, height=90)[0])
+    hr.send_frame(frames[0], base_x=0.0)  # 96 x 72
+    _, values = hr.status(lambda v: v["frames_rejected"] == "1")
+    assert values["frames_processed"] == "1"
+    in_log(raw, "image is 120x90 = 0.0 MPixel, more than max_image_pixels 6912")
 
 
 def test_camera_info_is_checked_and_the_field_of_view_adapted(
