@@ -16,6 +16,7 @@ import numpy as np
 
 CUES_VERSION = "lk-heading/1"
 CUE_DIM = 15
+CUE_VALID = 0  # index of the valid flag
 # Layout of the cue vector (documented in docs/model-format.md):
 #   0      valid (1 when enough corners tracked)
 #   1:4    rotation of the current camera in the previous camera frame, rotation vector
@@ -37,10 +38,29 @@ class CueConfig:
     min_distance: int = 7
 
 
-def scale_intrinsics(intrinsics: np.ndarray, scale: float) -> np.ndarray:
-    """fx, fy, cx, cy of an image resized by ``scale`` (pixel centres stay aligned)."""
+def scale_intrinsics(
+    intrinsics: np.ndarray, scale: float, scale_y: float | None = None
+) -> np.ndarray:
+    """fx, fy, cx, cy of an image resized by ``scale`` (``scale_y`` vertically when the
+    aspect ratio changes); pixel centres stay aligned."""
     fx, fy, cx, cy = (float(v) for v in intrinsics)
-    return np.array([fx * scale, fy * scale, (cx + 0.5) * scale - 0.5, (cy + 0.5) * scale - 0.5])
+    sy = scale if scale_y is None else scale_y
+    return np.array([fx * scale, fy * sy, (cx + 0.5) * scale - 0.5, (cy + 0.5) * sy - 0.5])
+
+
+def normalised_intrinsics(intrinsics: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(fx / W, fy / H, (cx + 0.5) / W, (cy + 0.5) / H): the camera independent of the
+    image size, which is what the network's ``camera`` input takes (any resize of the
+    image leaves it unchanged)."""
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    return np.array([fx / width, fy / height, (cx + 0.5) / width, (cy + 0.5) / height])
+
+
+def cue_intrinsics(
+    intrinsics: np.ndarray, width: int, height: int, config: CueConfig
+) -> np.ndarray:
+    """Intrinsics of a ``width`` x ``height`` image once :func:`to_gray` has resized it."""
+    return scale_intrinsics(intrinsics, config.width / width, config.height / height)
 
 
 def to_gray(rgb: np.ndarray, config: CueConfig) -> np.ndarray:
@@ -155,7 +175,7 @@ def sequence_cues(
     images: np.ndarray, intrinsics: np.ndarray, config: CueConfig = CueConfig()
 ) -> np.ndarray:
     """Cues for every frame of a sequence (frame 0 gets zeros); intrinsics at image size."""
-    k = scale_intrinsics(intrinsics, config.width / images.shape[2])
+    k = cue_intrinsics(intrinsics, images.shape[2], images.shape[1], config)
     out = np.zeros((len(images), CUE_DIM), dtype=np.float32)
     prev = None
     for i, rgb in enumerate(images):

@@ -16,11 +16,23 @@ STEP_FILE = "step.onnx"
 QUERY_FILE = "query.onnx"
 METADATA_FILE = "model.json"
 STATE_INIT_FILE = "state_init.npz"
-OPTIONAL_INPUTS = ("odom", "dt", "cues")
+OPTIONAL_INPUTS = ("odom", "dt", "cues", "camera")
+# The ``odom`` input row: camera motion since the previous frame (xyz, qxyzw) and a
+# valid flag; this is the row for "no odometry this frame".
+ODOM_VALID = 7
+ODOM_NONE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 class ModelError(RuntimeError):
     """A model directory that cannot be used; the message names the file and the field."""
+
+
+# What each state entry is: the memory cell's state ("memory"), the integrated pose
+# ("pose") or the odometry-drift filter ("filter"), field ``state[i].role``. The model's
+# entries outside its cell have these roles by name; a model.json without the field
+# (older exports) is read with them, every other entry being memory.
+STATE_ROLES = ("memory", "pose", "filter")
+NON_MEMORY_STATE = {"pose": "pose", "bias": "filter"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,7 @@ class StateSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    role: str = "memory"  # one of STATE_ROLES
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,11 @@ class ModelSpec:
     @property
     def uses_cues(self) -> bool:
         return "cues" in self.inputs_optional
+
+    @property
+    def memory_state(self) -> tuple[str, ...]:
+        """Names of the state entries that are the memory cell's (role ``memory``)."""
+        return tuple(s.name for s in self.state if s.role == "memory")
 
 
 def file_sha256(path: Path) -> str:
@@ -113,7 +131,12 @@ def load_spec(directory: Path | str) -> ModelSpec:
         shape = _field(entry, "shape", meta_path, list)
         if not all(isinstance(d, int) and d > 0 for d in shape):
             raise ModelError(f"{meta_path}: field 'state[{i}].shape' must be positive integers")
-        states.append(StateSpec(name, tuple(shape), _field(entry, "dtype", meta_path, str)))
+        role = entry.get("role", NON_MEMORY_STATE.get(name, "memory"))
+        if role not in STATE_ROLES:
+            raise ModelError(
+                f"{meta_path}: field 'state[{i}].role' is {role!r}, not one of {STATE_ROLES}"
+            )
+        states.append(StateSpec(name, tuple(shape), _field(entry, "dtype", meta_path, str), role))
     sha = _field(data, "sha256", meta_path, dict)
     query = _query_spec(data, meta_path, {s.name for s in states}) if "query" in data else None
     for key in ("mean", "std", "intrinsics"):
@@ -148,12 +171,12 @@ def _query_spec(data: dict, meta_path: Path, state_names: set[str]) -> QuerySpec
     inputs = _field(data, "query.inputs", meta_path, list)
     if "image" not in inputs or not all(isinstance(i, str) for i in inputs):
         raise ModelError(f"{meta_path}: field 'query.inputs' must list 'image' and state inputs")
-    allowed = {"image"} | {f"state.{name}" for name in state_names}
+    allowed = {"image", "camera"} | {f"state.{name}" for name in state_names}
     for name in inputs:
         if name not in allowed:
             raise ModelError(
-                f"{meta_path}: field 'query.inputs' has '{name}', which is neither 'image' "
-                "nor 'state.<name>' of an entry of field 'state'"
+                f"{meta_path}: field 'query.inputs' has '{name}', which is neither 'image', "
+                "'camera' nor 'state.<name>' of an entry of field 'state'"
             )
     if len(set(inputs)) != len(inputs):
         raise ModelError(f"{meta_path}: field 'query.inputs' repeats a name")

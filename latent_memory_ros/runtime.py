@@ -22,6 +22,8 @@ import numpy as np
 from latent_memory_ros import cues, geometry
 from latent_memory_ros.model_format import (
     METADATA_FILE,
+    ODOM_NONE,
+    OPTIONAL_INPUTS,
     STATE_INIT_FILE,
     STEP_FILE,
     ModelError,
@@ -49,7 +51,7 @@ DEFAULT_PROVIDERS = (
     "CPUExecutionProvider",
 )
 _GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider"}
-_ODOM_INVALID = np.array([[0, 0, 0, 0, 0, 0, 1, 0]], dtype=np.float32)
+_ODOM_INVALID = np.array([ODOM_NONE], dtype=np.float32)
 
 
 @dataclass
@@ -151,6 +153,7 @@ class StudentRuntime:
                 for name in self.spec.query.inputs
                 if name.startswith("state.")
             )
+        self._query_camera = self.spec.query is not None and "camera" in self.spec.query.inputs
         self._init_state = self._load_init_state()
         self._mean = np.array(self.spec.mean, dtype=np.float32).reshape(3, 1, 1) * 255.0
         self._inv_std = 1.0 / (np.array(self.spec.std, dtype=np.float32).reshape(3, 1, 1) * 255.0)
@@ -161,6 +164,7 @@ class StudentRuntime:
         self._cue_intrinsics = cues.scale_intrinsics(
             self.spec.intrinsics, self._cue_config.width / self.spec.image_width
         )
+        self.set_camera(self.spec.intrinsics, self.spec.image_width, self.spec.image_height)
         self.reset()
         blank = np.zeros((self.spec.image_height, self.spec.image_width, 3), np.uint8)
         for _ in range(warmup):
@@ -201,8 +205,8 @@ class StudentRuntime:
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = {o.name: o for o in self._session.get_outputs()}
         want_in = {"image": [1, 3, self.spec.image_height, self.spec.image_width]}
-        want_in |= {"odom": [1, 8], "dt": [1, 1], "cues": [1, cues.CUE_DIM]}
-        for name in ("odom", "dt", "cues"):
+        want_in |= {"odom": [1, 8], "dt": [1, 1], "cues": [1, cues.CUE_DIM], "camera": [1, 4]}
+        for name in OPTIONAL_INPUTS:
             if name not in self.spec.inputs_optional:
                 if name in inputs:
                     raise ModelError(
@@ -231,6 +235,7 @@ class StudentRuntime:
         meta = self.spec.directory / METADATA_FILE
         shapes = {f"state.{s.name}": list(s.shape) for s in self.spec.state}
         shapes["image"] = [1, 3, self.spec.image_height, self.spec.image_width]
+        shapes["camera"] = [1, 4]
         want_in = {name: shapes[name] for name in self.spec.query.inputs}
         want_out = {"rel_pose": [1, 7], "log_var": [1, 6]}
         inputs = {i.name: i for i in self._query_session.get_inputs()}
@@ -243,11 +248,11 @@ class StudentRuntime:
     def _load_init_state(self) -> dict[str, np.ndarray]:
         """The initial state from ``state_init.npz``, each array exactly as model.json's
         ``state`` declares it. Without the file the state starts at zeros (said once),
-        unless the model carries a pose (state ``pose``): an all-zero quaternion is no
+        unless the model carries a pose (role ``pose``): an all-zero quaternion is no
         rotation, and every pose would come out NaN."""
         path = self.spec.directory / STATE_INIT_FILE
         if not path.is_file():
-            poses = [s.name for s in self.spec.state if s.name == "pose"]
+            poses = [s.name for s in self.spec.state if s.role == "pose"]
             if poses:
                 raise ModelError(
                     f"{path}: file missing; the model needs its learned initial state "
@@ -283,10 +288,47 @@ class StudentRuntime:
         self._prev_gray: np.ndarray | None = None
         self.frames = 0
 
+    def forget_memory(self) -> None:
+        """Reset only the memory cell's state entries (``model.json`` role ``memory``) to
+        their initial values; the integrated pose, the odometry-drift filter, the
+        previous frame and the frame count are kept. Called before every frame, it
+        measures what the memory is worth (``run(..., reset_memory=True)``)."""
+        for name in self.spec.memory_state:
+            self._state[name] = self._init_state[name].copy()
+
     @property
     def state(self) -> dict[str, np.ndarray]:
         """The carried state tensors (copies), e.g. for snapshots."""
         return {k: v.copy() for k, v in self._state.items()}
+
+    @property
+    def camera_aware(self) -> bool:
+        """Whether the network takes the camera's intrinsics (input ``camera``): then
+        frames of any field of view are given as they are, with :meth:`set_camera`,
+        instead of being mapped to the model's camera."""
+        return "camera" in self.spec.inputs_optional
+
+    def set_camera(self, intrinsics, width: int, height: int) -> None:
+        """The camera of the frames that follow: (fx, fy, cx, cy) at ``width`` x
+        ``height`` (frames of another size are taken as resized from it). The cues
+        use it; a camera-aware model also reads it (:attr:`camera_aware`)."""
+        k = np.asarray(intrinsics, dtype=np.float64)
+        if k.shape != (4,) or not np.all(np.isfinite(k)) or k[0] <= 0 or k[1] <= 0:
+            raise ValueError(f"intrinsics must be 4 finite numbers with fx, fy > 0, got {k}")
+        if width < 2 or height < 2:
+            raise ValueError(f"camera size {width}x{height} too small")
+        self._camera_norm = cues.normalised_intrinsics(k, width, height)
+        self._camera_feed = self._camera_norm.astype(np.float32)[None]
+        self._cue_intrinsics_for: dict[tuple[int, int], np.ndarray] = {}
+
+    def _frame_cue_intrinsics(self, width: int, height: int) -> np.ndarray:
+        k = self._cue_intrinsics_for.get((width, height))
+        if k is None:
+            fx, fy, cx, cy = self._camera_norm
+            at_size = np.array([fx * width, fy * height, cx * width - 0.5, cy * height - 0.5])
+            k = cues.cue_intrinsics(at_size, width, height, self._cue_config)
+            self._cue_intrinsics_for[(width, height)] = k
+        return k
 
     @property
     def input_camera(self) -> tuple[int, int, tuple[float, float, float, float]]:
@@ -338,6 +380,8 @@ class StudentRuntime:
             raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
         state = self._state if state is None else state
         feed = {"image": self.preprocess(rgb)}
+        if self._query_camera:
+            feed["camera"] = self._camera_feed
         for name in self._query_state:
             feed[f"state.{name}"] = state[name]
         outputs = self._query_session.run(None, feed)
@@ -363,15 +407,16 @@ class StudentRuntime:
         names = self.spec.inputs_optional
         if "cues" in names:
             gray = cues.to_gray(rgb, self._cue_config)
-            feed["cues"] = cues.two_view_cues(
-                self._prev_gray, gray, self._cue_intrinsics, self._cue_config
-            )[None]
+            k = self._frame_cue_intrinsics(rgb.shape[1], rgb.shape[0])
+            feed["cues"] = cues.two_view_cues(self._prev_gray, gray, k, self._cue_config)[None]
             self._prev_gray = gray
         if "odom" in names:
             if odom_motion is None:
                 feed["odom"] = _ODOM_INVALID
             else:
                 feed["odom"] = np.append(odom_motion, 1.0).astype(np.float32)[None]
+        if "camera" in names:
+            feed["camera"] = self._camera_feed
         if "dt" in names:
             feed["dt"] = np.array([[dt if dt is not None else 0.0]], dtype=np.float32)
         for name, value in self._state.items():
@@ -394,16 +439,24 @@ class StudentRuntime:
         frames: Iterable[tuple[float, np.ndarray]],
         odom_base: np.ndarray | None = None,
         base_to_camera: np.ndarray | None = None,
+        reset_memory: bool = False,
+        intrinsics: np.ndarray | None = None,
     ) -> RunResult:
         """A whole run from its first frame, offline: ``(stamp_s, rgb)`` frames, optional
         base poses ``(N, 7)`` from the wheel odometry at those frames (NaN rows: none),
-        and the camera mount. Returns a :class:`RunResult`: poses ``(N, 7)``, the log
-        variance of each frame's motion ``(N, 6)`` and step times ``(N,)`` in ms."""
+        and the camera mount; with ``reset_memory`` the memory is forgotten before every
+        frame (:meth:`forget_memory`), the memory ablation. ``intrinsics`` (fx, fy, cx,
+        cy of the frames, e.g. a bag's camera_info) go to a camera-aware model
+        (:meth:`set_camera`); other models assume their own. Returns a :class:`RunResult`:
+        poses ``(N, 7)``, the log variance of each frame's motion ``(N, 6)`` and step
+        times ``(N,)`` in ms."""
         self.reset()
         to_camera = CameraMotionFromOdometry(base_to_camera) if odom_base is not None else None
         poses, log_var, step_ms = [], [], []
         previous = None
         for i, (stamp, rgb) in enumerate(frames):
+            if i == 0 and intrinsics is not None and self.camera_aware:
+                self.set_camera(intrinsics, rgb.shape[1], rgb.shape[0])
             motion = None
             if to_camera is not None:
                 if np.all(np.isfinite(odom_base[i])):
@@ -411,6 +464,8 @@ class StudentRuntime:
                 else:
                     to_camera.reset()  # else the next motion would span two frames
             dt = stamp - previous if previous is not None and stamp > previous else None
+            if reset_memory:
+                self.forget_memory()
             result = self.step(rgb, odom_motion=motion, dt=dt)
             poses.append(result.pose)
             log_var.append(result.log_var)

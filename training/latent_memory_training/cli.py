@@ -34,8 +34,47 @@ def _dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = ""):
     return cls(**values)
 
 
+def _training_data(args: argparse.Namespace, train_cfg, size: tuple[int, int]):
+    """The fixed renders of ``--data``, or with ``--world`` a pool of fresh rooms
+    (started at the step a resumed run carries on from); None with a message when
+    neither gives anything."""
+    from latent_memory_training.data.prepare import find_sequences, load_prepared
+    from latent_memory_training.data.world_stream import RoomPool
+    from latent_memory_training.training.config import WorldConfig
+
+    if args.world:
+        import torch
+
+        world = _dataclass_from_args(WorldConfig, args, "world_")
+        step = 0
+        if args.resume is not None:
+            step = int(torch.load(args.resume, map_location="cpu", weights_only=False)["step"])
+        print(f"rendering fresh rooms ({world.workers} workers, {world.cameras} cameras) ...")
+        return RoomPool(
+            train_cfg.seed,
+            world.frames,
+            size,
+            pool=world.pool,
+            warm=world.warm,
+            room_every=world.room_every,
+            workers=world.workers,
+            cameras=world.cameras,
+            step=step,
+        )
+    if args.data is None:
+        print("error: give --data (a folder of cached renders) or --world", file=sys.stderr)
+        return None
+    train_paths = find_sequences(args.data)
+    if not train_paths:
+        print(f"error: no cached renders (*.npz) in {args.data}", file=sys.stderr)
+        return None
+    print(f"preparing {len(train_paths)} training sequences ...", flush=True)
+    return load_prepared(train_paths, *size, jobs=args.jobs)
+
+
 def _run_fit(args: argparse.Namespace) -> int:
     from latent_memory_training.data.prepare import find_sequences, load_prepared
+    from latent_memory_training.data.world_stream import RoomPool
     from latent_memory_training.models.config import ModelConfig
     from latent_memory_training.training.config import TrainConfig
     from latent_memory_training.training.fit import fit
@@ -43,13 +82,13 @@ def _run_fit(args: argparse.Namespace) -> int:
     model_cfg = _dataclass_from_args(ModelConfig, args, "model_")
     train_cfg = _dataclass_from_args(TrainConfig, args)
     w, h = model_cfg.image_width, model_cfg.image_height
-    train_paths = find_sequences(args.data)
-    if not train_paths:
-        print(f"error: no cached renders (*.npz) in {args.data}", file=sys.stderr)
+    train = _training_data(args, train_cfg, (w, h))
+    if train is None:
         return 2
-    print(f"preparing {len(train_paths)} training sequences ...", flush=True)
-    train = load_prepared(train_paths, w, h, jobs=args.jobs)
     val = load_prepared(find_sequences(args.val), w, h, jobs=args.jobs) if args.val else []
+    heldout = (
+        load_prepared(find_sequences(args.heldout), w, h, jobs=args.jobs) if args.heldout else []
+    )
     teacher = getattr(args, "teacher", None)
     if teacher is not None:
         if train_cfg.distill_weight <= 0:
@@ -60,7 +99,21 @@ def _run_fit(args: argparse.Namespace) -> int:
             f"{train_cfg.distill_schedule} lambda {train_cfg.distill_weight})",
             flush=True,
         )
-    best = fit(train, val, args.out, model_cfg, train_cfg, resume=args.resume, teacher_path=teacher)
+    try:
+        best = fit(
+            train,
+            val,
+            args.out,
+            model_cfg,
+            train_cfg,
+            resume=args.resume,
+            teacher_path=teacher,
+            heldout=heldout,
+        )
+    finally:
+        if isinstance(train, RoomPool):
+            print(f"rooms seen: {train.rooms_seen}; waited {train.waited_s:.0f} s for rendering")
+            train.close()
     print(f"best checkpoint: {best}")
     return 0
 
@@ -137,7 +190,16 @@ def _run_bench_accuracy(args: argparse.Namespace, cells: list[str]) -> int:
     def add(cell: str, distilled_from: Path | None = None) -> None:
         rows.append(
             cell_accuracy(
-                cell, train, val, test, test_seqs, args.out, cfg, args.jobs, distilled_from
+                cell,
+                train,
+                val,
+                test,
+                test_seqs,
+                args.out,
+                cfg,
+                args.jobs,
+                distilled_from,
+                ablation=not args.no_ablation,
             )
         )
         (args.out / "accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -179,7 +241,9 @@ def _run_compare(args: argparse.Namespace) -> int:
     (w, h) = sizes.pop()
     paths = find_sequences(args.data)[: args.limit or None]
     seqs = load_prepared(paths, w, h, jobs=args.jobs)
-    results = run(checkpoints, seqs, args.out, args.query_every, args.query_min_gap)
+    results = run(
+        checkpoints, seqs, args.out, args.query_every, args.query_min_gap, not args.no_ablation
+    )
     print(table(results))
     return 0
 
@@ -187,7 +251,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from latent_memory_training.data.cli_render import add_render_arguments
     from latent_memory_training.models.config import ModelConfig
-    from latent_memory_training.training.config import TrainConfig
+    from latent_memory_training.training.config import TrainConfig, WorldConfig
 
     parser = argparse.ArgumentParser(prog="latent_memory_train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,13 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher", type=Path, required=True, help="checkpoint of a --model-cell bottleneck fit"
     )
     for p in (fit, distill):
-        p.add_argument("--data", type=Path, required=True, help="folder of cached renders (*.npz)")
+        p.add_argument("--data", type=Path, help="folder of cached renders (*.npz)")
+        p.add_argument(
+            "--world",
+            action="store_true",
+            help="train on fresh rooms from the generator for as long as it trains "
+            "(--world-* flags), instead of --data",
+        )
         p.add_argument("--val", type=Path, help="folder of validation renders (*.npz)")
+        p.add_argument(
+            "--heldout",
+            type=Path,
+            help="folder of held-out renders scored every --heldout-every steps into the "
+            "history (never used to choose a checkpoint)",
+        )
         p.add_argument("--out", type=Path, required=True, help="folder for checkpoints")
         p.add_argument("--resume", type=Path, help="checkpoint to resume from (last.pt)")
         p.add_argument("--jobs", type=int, default=1, help="processes preparing uncached data")
         _add_dataclass_arguments(p, ModelConfig, "model-")
         _add_dataclass_arguments(p, TrainConfig)
+        _add_dataclass_arguments(p, WorldConfig, "world-")
     distill.set_defaults(distill_weight=0.1, distill_distance="cosine")  # the shipped recipe
 
     export = sub.add_parser("export", help="export a checkpoint to models/NAME for the node")
@@ -288,6 +365,16 @@ def build_parser() -> argparse.ArgumentParser:
     heldout.add_argument("--no-mirror", action="store_true", help="skip the mirrored copies")
     heldout.add_argument("--limit", type=int, default=0, help="only the first N sequences")
     heldout.add_argument("--jobs", type=int, default=1, help="worker processes")
+    heldout.add_argument(
+        "--query-every", type=int, default=30, help="frames between the earlier frames asked about"
+    )
+    heldout.add_argument("--query-min-gap", type=int, default=30, help="frames back at least")
+    for p in (heldout, compare, bench):
+        p.add_argument(
+            "--no-ablation",
+            action="store_true",
+            help="skip the memory ablation (the runs with the memory reset before every frame)",
+        )
     return parser
 
 

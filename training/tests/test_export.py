@@ -12,9 +12,10 @@ import torch
 
 from latent_memory_ros import cues as cue_defs
 from latent_memory_ros import geometry
-from latent_memory_ros.model_format import ModelError, file_sha256
+from latent_memory_ros.evaluation import trajectory_metrics
+from latent_memory_ros.model_format import ModelError, file_sha256, load_spec
 from latent_memory_ros.runtime import StudentRuntime
-from latent_memory_training.export.onnx_export import export_model
+from latent_memory_training.export.onnx_export import export_model, reference_camera
 from latent_memory_training.models.cells import CELLS
 from latent_memory_training.models.config import ModelConfig
 from latent_memory_training.models.student import LocalisationModel
@@ -85,6 +86,7 @@ def _stepped(rt: StudentRuntime, frames):
             ).float(),
             "dt": torch.tensor([[1 / 30]]),
             "cues": torch.from_numpy(cue_defs.two_view_cues(prev, gray, k, cfg))[None],
+            "camera": reference_camera(),
         }
         prev = gray
         yield rgb, res, obs
@@ -148,6 +150,7 @@ def _broken_copy(src, tmp_path, edit):
         (lambda m, d: m["query"]["inputs"].append("state.memory"), "repeats"),
         (lambda m, d: m["query"].update(file="../step.onnx"), "'query.file'"),
         (lambda m, d: m["query"].pop("inputs"), "'query.inputs'"),
+        (lambda m, d: m["state"][1].update(role="memroy"), ".role' is 'memroy'"),
     ],
 )
 def test_bad_model_is_refused_with_a_message_naming_the_field(exported, tmp_path, edit, message):
@@ -180,7 +183,7 @@ def test_query_graph_is_declared_in_model_json(cell, exports):
         "gru": ["hidden"],
     }[cell]
     assert meta["query"]["file"] == "query.onnx"
-    assert meta["query"]["inputs"] == ["image", *(f"state.{k}" for k in entries)]
+    assert meta["query"]["inputs"] == ["image", "camera", *(f"state.{k}" for k in entries)]
     assert meta["query"]["outputs"] == ["rel_pose", "log_var"]
     assert meta["sha256"]["query.onnx"] == file_sha256(model_dir / "query.onnx")
     assert meta["sha256"]["step.onnx"] == file_sha256(model_dir / "step.onnx")
@@ -204,7 +207,8 @@ def test_query_matches_pytorch_after_rolling_steps(cell, exports):
         for query_rgb in (seen[0], seen[t // 2], rgb):
             result = rt.query(query_rgb)
             with torch.no_grad():
-                pose, log_var = model.query(state, torch.from_numpy(rt.preprocess(query_rgb)))
+                image = torch.from_numpy(rt.preprocess(query_rgb))
+                pose, log_var = model.query(state, image, reference_camera())
             pose = pose[0].double().numpy()
             pose[3:] /= np.linalg.norm(pose[3:])
             worst = max(worst, np.abs(result.pose - pose).max())
@@ -270,6 +274,7 @@ def test_export_cli_writes_heldout_and_distillation_metrics_into_model_json(tmp_
 
     mode = {"ate_rmse_m": 0.1, "ate_sim3_rmse_m": 0.09, "rpe_trans_m": 1e-3, "rpe_rot_deg": 0.08}
     mode |= {"per_sequence_ate_m": [0.1], "query": {"recall_0.25m_5deg": 0.02}}
+    mode |= {"reset": {"ate_rmse_m": 0.125}, "memory_gain": 0.2, "ratio": {"worst": 1.4}}
     model = {"cell": "kinaema", "step": 600, "odom": mode, "images": mode}
     compare = {
         "sequences": 20,
@@ -278,7 +283,14 @@ def test_export_cli_writes_heldout_and_distillation_metrics_into_model_json(tmp_
         "gap_closed": {"distilled_cosine": {"odom": 1.15, "images": 0.2}},
     }
     heldout = {
-        "summary": {"original": {"model_odom": {"ate_rmse_m": 0.15}}},
+        "summary": {
+            "original": {
+                "model_odom": {"ate_rmse_m": 0.15},
+                "model_odom_reset": {"ate_rmse_m": 0.2},
+                "memory_gain": {"model_odom": 0.25},
+                "ratio": {"model_odom": {"worst": 2.5, "worst_sequence": "test_001"}},
+            }
+        },
         "calibration": {"original": {"model_odom": {"sigma_trans_m": {"p99": 1e-3}}}},
         "per_sequence": [{"sequence": "test_000"}, {"sequence": "test_001"}],
     }
@@ -298,11 +310,157 @@ def test_export_cli_writes_heldout_and_distillation_metrics_into_model_json(tmp_
     metrics = json.loads((out / "model.json").read_text())["metrics"]
     assert metrics["heldout"]["sequences"] == 2
     assert metrics["heldout"]["summary"] == heldout["summary"]
+    assert metrics["heldout"]["summary"]["original"]["memory_gain"]["model_odom"] == 0.25
+    assert metrics["heldout"]["summary"]["original"]["ratio"]["model_odom"]["worst"] == 2.5
     assert metrics["distillation"]["gap_closed"] == {"odom": 1.15, "images": 0.2}
     assert (
         metrics["distillation"]["models"]["student"]["odom"]["query"]["recall_0.25m_5deg"] == 0.02
     )
-    assert "per_sequence_ate_m" not in metrics["distillation"]["models"]["student"]["odom"]
+    student = metrics["distillation"]["models"]["student"]["odom"]
+    assert "per_sequence_ate_m" not in student
+    assert student["memory_gain"] == 0.2 and student["ratio"]["worst"] == 1.4
     args[-1] = "distilled"  # not among the compared models: a clear error
     assert main(args) == 2
     assert "'distilled' has no gap_closed" in capsys.readouterr().err
+
+
+# The memory ablation ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", EXPORTABLE)
+def test_state_roles_say_which_entries_are_the_memory(cell, exports):
+    """Every state entry of the cell is role memory; the pose and the drift filter not."""
+    model, model_dir = exports(cell)
+    roles = {s.name: s.role for s in load_spec(model_dir).state}
+    assert roles == {**dict.fromkeys(model.cell.state_shapes, "memory"), "pose": "pose",
+                     "bias": "filter"}  # fmt: skip
+
+
+def test_a_model_json_without_roles_keeps_pose_and_bias_out_of_the_memory(exported, tmp_path):
+    _, model_dir = exported
+
+    def drop_roles(meta, d):
+        for entry in meta["state"]:
+            entry.pop("role")
+
+    spec = load_spec(_broken_copy(model_dir, tmp_path, drop_roles))
+    assert spec.memory_state == ("memory",)
+    assert [s.role for s in spec.state] == ["memory", "pose", "filter"]
+
+
+def test_memory_reset_before_every_frame_keeps_the_pose_and_the_filter(exported):
+    """``run(reset_memory=True)``: before every step the memory is the initial one, while
+    the integrated pose and the drift filter carry on from the previous step; the first
+    frame is the carried run's, later ones differ (the perturbed memory matters)."""
+    _, model_dir = exported
+    rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
+    initial = rt.state
+    frames = list(_frames(8))
+    motions = np.array([geometry.IDENTITY if m is None else m for _, m in frames])
+    run_args = ([(t / 30, rgb) for t, (rgb, _) in enumerate(frames)], geometry.integrate(motions))
+    carried = rt.run(*run_args, base_to_camera=geometry.IDENTITY)
+    rt.forget_memory()  # after a run: only the memory goes back
+    np.testing.assert_array_equal(rt.state["memory"], initial["memory"])
+    np.testing.assert_array_equal(rt.state["pose"][0], carried.poses[-1].astype(np.float32))
+    assert rt.frames == 8
+
+    seen = []
+    step = rt.step
+
+    def recording_step(*args, **kwargs):
+        before = rt.state
+        result = step(*args, **kwargs)
+        seen.append((before, rt.state))
+        return result
+
+    rt.step = recording_step
+    reset = rt.run(*run_args, base_to_camera=geometry.IDENTITY, reset_memory=True)
+    assert len(seen) == 8
+    for t, (before, _) in enumerate(seen):
+        np.testing.assert_array_equal(before["memory"], initial["memory"])
+        previous = seen[t - 1][1] if t else initial
+        for name in ("pose", "bias"):
+            np.testing.assert_array_equal(before[name], previous[name])
+    assert np.abs(seen[-1][1]["bias"]).max() > 0  # the filter moved
+    assert np.linalg.norm(reset.poses[-1, :3]) > 0.01  # the pose integrated the motions
+    np.testing.assert_allclose(reset.poses[0], carried.poses[0], atol=1e-6)
+    assert np.abs(reset.poses[1:] - carried.poses[1:]).max() > 1e-4
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """One tiny held-out render (40 frames at 160x120)."""
+    from latent_memory_training.data.generate import render_sequence
+
+    path = tmp_path_factory.mktemp("heldout") / "test_000.npz"
+    render_sequence("test", 0, seed=3, frames=40, size=(160, 120)).save(path)
+    return path
+
+
+def test_heldout_reports_memory_gain_per_run_ratios_and_query_recall(exported, rendered):
+    from latent_memory_training.benchmark.heldout import (
+        _evaluate_file,
+        evaluate,
+        markdown_table,
+        memory_table,
+        summarise,
+    )
+
+    _, model_dir = exported
+    result = evaluate(model_dir, [rendered], mirrored=False, query_every=10, query_min_gap=10)
+    (row,) = result["per_sequence"]
+    s = result["summary"]["original"]
+    for m, base in (("model_odom", "odometry"), ("model_images", "no_motion")):
+        carried, reset = s[m]["ate_rmse_m"], s[f"{m}_reset"]["ate_rmse_m"]
+        assert carried != reset
+        assert s["memory_gain"][m] == pytest.approx(1 - carried / reset)
+        assert row["memory_gain"][m] == pytest.approx(s["memory_gain"][m])  # one run
+        assert row["ratio"][m] == pytest.approx(row[m]["ate_rmse_m"] / row[base]["ate_rmse_m"])
+        ratio = s["ratio"][m]
+        assert ratio["baseline"] == base and ratio["worst"] == pytest.approx(row["ratio"][m])
+        assert ratio["worst_sequence"] == row["sequence"]
+        assert ratio["worse"] == int(row["ratio"][m] > 1) and ratio["sequences"] == 1
+    runs = {"identity", "model_odom", "model_images", "model_odom_reset", "model_images_reset"}
+    assert set(s["query"]) == set(row["query"]) == runs
+    assert all(q["queries"] == 3 for q in s["query"].values())  # frames 0, 10, 20 at 39
+    assert s["query"]["model_odom"]["median_m"] != s["query"]["identity"]["median_m"]
+    assert "_query_errors" not in row
+    table = memory_table(result)
+    assert f"| {s['memory_gain']['model_odom']:.3f} |" in table
+    assert f"({row['sequence']})" in table
+    assert "images only, memory reset every frame" in markdown_table(result)
+
+    # --no-ablation: no reset runs, the table says so.
+    rows = _evaluate_file((model_dir, rendered, False, {"ablation": False}))
+    plain = summarise(rows)
+    assert "model_odom_reset" not in plain and "memory_gain" not in plain
+    assert plain["model_odom"]["ate_rmse_m"] == pytest.approx(s["model_odom"]["ate_rmse_m"])
+    assert "| — |" in memory_table({"summary": {"original": plain}})
+
+
+def test_pytorch_memory_reset_matches_the_runtime(exported, rendered):
+    """``compare``'s ablation (PyTorch: the cell's initial state before every step) and
+    the runtime's ``reset_memory`` run give the same ATE, carried and reset; ``compare``'s
+    table shows the gain and the worst run's ratio."""
+    from latent_memory_training.benchmark.distillation import evaluate_modes, table
+    from latent_memory_training.benchmark.heldout import run_model
+    from latent_memory_training.data.prepare import prepare
+    from latent_memory_training.data.sequence import Sequence
+
+    model, model_dir = exported
+    seq = Sequence.load(rendered)
+    prepared = prepare(seq, model.config.image_width, model.config.image_height)
+    modes = evaluate_modes(model, [prepared], query_every=10, query_min_gap=10)
+    rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
+    for mode, use_odom in (("odom", True), ("images", False)):
+        r = modes[mode]
+        for reset, ate in ((False, r["ate_rmse_m"]), (True, r["reset"]["ate_rmse_m"])):
+            poses = run_model(rt, seq, use_odom, reset_memory=reset).poses
+            expected = trajectory_metrics(seq.stamps, poses, seq.stamps, seq.gt_camera)
+            assert ate == pytest.approx(expected["ate_rmse_m"], rel=1e-3)
+        assert r["memory_gain"] == pytest.approx(1 - r["ate_rmse_m"] / r["reset"]["ate_rmse_m"])
+        assert r["ratio"]["baseline"] == ("odometry" if use_odom else "no_motion")
+        assert r["ratio"]["worst"] == pytest.approx(r["ratio"]["mean"])  # one run
+    shown = table({"models": {"perturbed": {"cell": "kinaema", "step": 0, **modes}}})
+    assert f"| {modes['odom']['memory_gain']:.3f} |" in shown
+    assert f"({prepared.name}) vs odometry" in shown

@@ -13,7 +13,8 @@ from latent_memory_ros.runtime import StudentRuntime
 from latent_memory_training import cli
 from latent_memory_training.data.generate import render_sequence
 from latent_memory_training.data.prepare import find_sequences, load_prepared
-from latent_memory_training.training.fit import Streams, TrainConfig, _mirror_in_place
+from latent_memory_training.data.streams import Streams, mirror_in_place
+from latent_memory_training.training.config import TrainConfig
 
 FIT_ARGS = ["--batch", "2", "--window", "8", "--spans", "1", "4", "--val-every", "2",
             "--min-episode", "16", "--threads", "1"]  # fmt: skip
@@ -86,7 +87,7 @@ def test_mirrored_cues_match_cues_of_mirrored_images():
     flipped = sequence_cues(seq.images[:, :, ::-1].copy(), seq.intrinsics)
     arr = {"images": np.zeros((1, 30, 2, 2, 3), np.uint8), "odom": np.zeros((1, 30, 8)),
            "bias": np.zeros((1, 30, 3)), "cues": cues[None].copy()}  # fmt: skip
-    _mirror_in_place(arr, np.array([True]))
+    mirror_in_place(arr, np.array([True]))
     rotation = slice(1, 4)
     np.testing.assert_allclose(
         np.median(arr["cues"][0, 1:, rotation] - flipped[1:, rotation], axis=0), 0, atol=2e-4
@@ -193,7 +194,7 @@ def test_distillation_trains_the_memory_projection_of_a_cell_without_slots(data,
 
 
 def test_distances_and_schedule():
-    from latent_memory_training.training.fit import distill_distance, distill_lambda
+    from latent_memory_training.training.losses import distill_distance, distill_lambda
 
     m = torch.randn(2, 3, 8, 16)
     assert float(distill_distance(m, m, "mse_ln")) < 1e-10
@@ -229,6 +230,7 @@ def test_growing_states_restart_per_stream():
 
 def _obs(batch: int, frames: int) -> dict:
     from latent_memory_ros.cues import CUE_DIM
+    from latent_memory_training.export.onnx_export import reference_camera
 
     torch.manual_seed(0)
     odom = torch.zeros(batch, frames, 8)
@@ -238,4 +240,44 @@ def _obs(batch: int, frames: int) -> dict:
         "odom": odom,
         "dt": torch.full((batch, frames, 1), 1 / 30),
         "cues": torch.zeros(batch, frames, CUE_DIM),
+        "camera": reference_camera()[:, None].expand(batch, frames, 4),
     }
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message of a machine without CUDA"
+)
+def test_fit_on_cuda_without_a_gpu_says_so(data, tmp_path):
+    base = ["fit", "--data", str(data / "train"), "--out", str(tmp_path / "run")]
+    with pytest.raises(ValueError, match="no CUDA device"):
+        cli.main([*base, *FIT_ARGS, "--steps", "1", "--device", "cuda", "--amp", "true"])
+
+
+def test_rollout_memory_ablation_resets_only_the_cell(data):
+    """The PyTorch memory ablation: the cell's state is its initial one before every
+    frame (so a run's poses do not depend on what the memory saw), the pose and the
+    odometry-drift filter carry on."""
+    from latent_memory_training.models.config import ModelConfig
+    from latent_memory_training.models.student import LocalisationModel
+    from latent_memory_training.training.rollout import rollout_runs
+
+    seqs = load_prepared(find_sequences(data / "train"), 128, 96)
+    torch.manual_seed(0)
+    model = LocalisationModel(ModelConfig())
+    with torch.no_grad():
+        model.delta.weight.normal_(0.0, 0.5)  # let the memory move the poses
+    carried = rollout_runs(model, seqs, use_odom=True)
+    reset = rollout_runs(model, seqs, use_odom=True, reset_memory=True)
+    assert carried.shape == reset.shape == (2, 40, 7)
+    np.testing.assert_allclose(carried[:, 0], reset[:, 0], atol=1e-6)  # same first frame
+    assert np.abs(carried[:, 1:] - reset[:, 1:]).max() > 1e-4
+    seen = []
+    rollout_runs(
+        model,
+        seqs,
+        True,
+        True,
+        stops=(10, 20),
+        on_stop=lambda t, s, e: seen.append((t, e.shape[1])),
+    )
+    assert seen == [(10, 11), (20, 21)]

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from latent_memory_ros import geometry
+from latent_memory_ros.cues import CUE_VALID
+from latent_memory_training.export.onnx_export import reference_camera
 from latent_memory_training.models import so3
 from latent_memory_training.models.cells import CELLS, REFERENCE_CELLS
 from latent_memory_training.models.config import ModelConfig
@@ -19,12 +21,13 @@ def _obs(batch: int, steps: int, seed: int = 0, odom: bool = True) -> dict[str, 
     )
     valid = torch.full((batch, steps, 1), 1.0 if odom else 0.0)
     cues = torch.randn(batch, steps, 15, generator=g) * 0.05
-    cues[..., 8] = 0.5
+    cues[..., CUE_VALID] = 1.0
     return {
         "image": torch.randn(batch, steps, 3, 96, 128, generator=g),
         "odom": torch.cat([motion, valid], -1),
         "dt": torch.full((batch, steps, 1), 1 / 30),
         "cues": cues,
+        "camera": reference_camera()[:, None].expand(batch, steps, 4),
     }
 
 
@@ -48,7 +51,7 @@ def test_untrained_model_integrates_odometry_exactly():
     torch.manual_seed(0)
     model = LocalisationModel(ModelConfig())
     obs = _obs(1, 20)
-    obs["cues"][..., 8] = 0.0  # no vision: the bias filter must stay at zero
+    obs["cues"][..., CUE_VALID] = 0.0  # no vision: the bias filter must stay at zero
     with torch.no_grad():
         _, out = model.rollout(model.initial_state(1), obs)
     expected = geometry.integrate(obs["odom"][0, :, :7].double().numpy())
@@ -87,8 +90,10 @@ def test_every_cell_answers_queries_without_changing_the_state(name):
         fixed = name != "full"  # full's memory view grows: it is never distilled
         state, out = model.rollout(model.initial_state(2), _obs(2, 5), memory=fixed)
         before = {k: v.clone() for k, v in state.items()}
-        pose, log_var = model.query(state, image)
-        only_entries = model.query({k: state[k] for k in model.cell.memory_entries}, image)
+        camera = reference_camera().expand(2, 4)
+        pose, log_var = model.query(state, image, camera)
+        entries = {k: state[k] for k in model.cell.memory_entries}
+        only_entries = model.query(entries, image, camera)
     assert pose.shape == (2, 7) and log_var.shape == (2, 6)
     assert torch.isfinite(pose).all() and torch.isfinite(log_var).all()
     torch.testing.assert_close(only_entries, (pose, log_var), atol=0, rtol=0)

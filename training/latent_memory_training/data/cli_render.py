@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .generate import mirror, render_sequence
+from .generate import CAMERAS, mirror, render_sequence
 from .writers import write_rosbag2, write_tum
 
 SIZES = {"640x480": (640, 480), "320x240": (320, 240)}
@@ -34,8 +34,16 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         "--sequences", type=int, default=1, help="number of sequences (indices 0..N-1)"
     )
     parser.add_argument("--first", type=int, default=0, help="index of the first sequence")
-    parser.add_argument("--frames", type=int, default=1800, help="frames per sequence (30 Hz)")
+    parser.add_argument("--frames", type=int, default=1800, help="frames per sequence")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cameras",
+        choices=CAMERAS,
+        default="random",
+        help="random: a camera as real robots carry per sequence (world.md v2: field of "
+        "view, rate, exposure, blur, noise, vignetting, JPEG, mono8); reference: the v1 "
+        "camera (525 px at 640x480, 30 Hz, clean)",
+    )
     parser.add_argument("--format", choices=["rosbag2", "tum", "npz"], default="rosbag2")
     parser.add_argument(
         "--storage", choices=["mcap", "sqlite3"], default="mcap", help="rosbag2 storage"
@@ -61,7 +69,13 @@ def _render_one(job: tuple[argparse.Namespace, int], progress=None) -> tuple[str
     # Streaming formats render lazily, frame by frame, so long 640x480 sequences never
     # sit in memory; the npz cache needs the whole array anyway.
     seq = render_sequence(
-        args.split, index, args.seed, args.frames, args.size, lazy=args.format != "npz"
+        args.split,
+        index,
+        args.seed,
+        args.frames,
+        args.size,
+        lazy=args.format != "npz",
+        cameras=args.cameras,
     )
     copies = [seq, mirror(seq)] if args.mirror else [seq]
     frames = 0

@@ -15,14 +15,16 @@ import numpy as np
 from latent_memory_ros import geometry
 
 from . import world
+from .camera import REFERENCE, CameraProfile, random_profile
 from .photos import photos_for_split
-from .render import Renderer, intrinsics_for_size
+from .render import Renderer
 from .sequence import Sequence
 
 START_STAMP_NS = 1_700_000_000 * 10**9
 # Sequences of one split start 1000 s apart so that their stamps never overlap.
 STAMP_SPACING_NS = 1000 * 10**9
-WORLD_SPEC = "world.md v1"
+WORLD_SPECS = {"reference": "world.md v1", "random": "world.md v2"}
+CAMERAS = tuple(WORLD_SPECS)
 
 
 @dataclass
@@ -36,35 +38,54 @@ class WorldPlan:
     gt_camera: np.ndarray
     stamps: np.ndarray
     meta: dict
+    camera: CameraProfile
 
 
-def plan_sequence(split: str, index: int, seed: int, frames: int) -> WorldPlan:
-    """Scene, trajectory, mount, odometry and ground truth of one sequence (no rendering)."""
+def plan_sequence(
+    split: str, index: int, seed: int, frames: int, cameras: str = "reference"
+) -> WorldPlan:
+    """Scene, trajectory, mount, odometry and ground truth of one sequence (no rendering).
+
+    ``cameras``: ``reference`` is world.md v1 (one camera, 30 Hz, no artefacts);
+    ``random`` draws a camera as real robots carry (world.md v2, :mod:`.camera`) and
+    odometry whose drift ranges down to none."""
     if frames < 2:
         raise ValueError("a sequence needs at least 2 frames")
+    if cameras not in WORLD_SPECS:
+        raise ValueError(f"unknown cameras '{cameras}'; choose from {', '.join(CAMERAS)}")
+    v2 = cameras == "random"
+    camera = random_profile(world.sequence_rng(split, seed, index, "camera")) if v2 else REFERENCE
     scene = world.make_scene(
         world.sequence_rng(split, seed, index, "scene"), photos_for_split(split)
     )
+    if camera.texture_scale != 1.0:
+        scene = world.scale_textures(scene, camera.texture_scale)
     mount = world.make_mount(world.sequence_rng(split, seed, index, "mount"))
     traj = world.plan_trajectory(
-        world.sequence_rng(split, seed, index, "drive"), scene, frames, float(mount[0])
+        world.sequence_rng(split, seed, index, "drive"), scene, frames, float(mount[0]), camera.fps
     )
     # Alternate the bias sign with the index so every split is balanced (lessons.md:
     # a learned constant yaw offset must not be able to pass for accuracy).
     sign = 1.0 if index % 2 == 0 else -1.0
-    odom = world.simulate_odometry(world.sequence_rng(split, seed, index, "odom"), traj, sign)
+    odom = world.simulate_odometry(
+        world.sequence_rng(split, seed, index, "odom"),
+        traj,
+        sign,
+        camera.fps,
+        world.YAW_BIAS_RANGE_V2 if v2 else world.YAW_BIAS_RANGE,
+    )
     gt_camera = geometry.compose(traj.base_poses(), mount)
     start = START_STAMP_NS + int(index) * STAMP_SPACING_NS
-    stamps_ns = start + np.round(np.arange(frames) * (1e9 / world.FPS)).astype(np.int64)
+    stamps_ns = start + np.round(np.arange(frames) * (1e9 / camera.fps)).astype(np.int64)
     optical_z = geometry.quat_to_matrix(mount[3:])[:, 2]  # viewing direction in the base frame
     pitch = math.degrees(math.atan2(-optical_z[2], optical_z[0]))
     meta = {
-        "world_spec": WORLD_SPEC,
+        "world_spec": WORLD_SPECS[cameras],
         "split": split,
         "index": int(index),
         "seed": int(seed),
         "frames": int(frames),
-        "fps": world.FPS,
+        "fps": camera.fps,
         "start_stamp_ns": int(start),
         **scene.to_meta(),
         "camera_height": round(float(mount[2]), 4),
@@ -77,7 +98,10 @@ def plan_sequence(split: str, index: int, seed: int, frames: int) -> WorldPlan:
         "path_length": float(np.sum(np.hypot(*np.diff(traj.xy, axis=0).T))),
         "mirrored": False,
     }
-    return WorldPlan(scene, traj, mount, odom, gt_camera, stamps_ns / 1e9, meta)
+    if v2:
+        meta["camera"] = camera.to_meta()
+        meta["encoding"] = "mono8" if camera.mono else "rgb8"
+    return WorldPlan(scene, traj, mount, odom, gt_camera, stamps_ns / 1e9, meta, camera)
 
 
 class LazyFrames:
@@ -87,10 +111,22 @@ class LazyFrames:
     Writers only index and iterate, so they stream a sequence frame by frame.
     """
 
-    def __init__(self, renderer: Renderer, poses: np.ndarray, mirrored: bool = False) -> None:
+    def __init__(
+        self,
+        renderer: Renderer,
+        poses: np.ndarray,
+        mirrored: bool = False,
+        camera: CameraProfile = REFERENCE,
+        blur_px: np.ndarray | None = None,
+    ) -> None:
+        """``camera`` turns each clean render into what that camera delivers;
+        ``blur_px`` is each frame's image motion (pixels per frame period)."""
         self.renderer = renderer
         self.poses = poses
         self.mirrored = mirrored
+        self.camera = camera
+        self.blur_px = np.zeros(len(poses)) if blur_px is None else blur_px
+        self.gains = camera.frame_gains(len(poses))
         self.dtype = np.dtype(np.uint8)
 
     @property
@@ -106,6 +142,7 @@ class LazyFrames:
 
     def __getitem__(self, i: int) -> np.ndarray:
         img = self.renderer.render(self.poses[i])
+        img = self.camera.apply(img, i, float(self.gains[i]), float(self.blur_px[i]))
         return np.ascontiguousarray(img[:, ::-1]) if self.mirrored else img
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -119,7 +156,7 @@ class LazyFrames:
         return out if dtype is None else out.astype(dtype)
 
     def flipped(self) -> LazyFrames:
-        return LazyFrames(self.renderer, self.poses, not self.mirrored)
+        return LazyFrames(self.renderer, self.poses, not self.mirrored, self.camera, self.blur_px)
 
 
 def render_sequence(
@@ -129,15 +166,23 @@ def render_sequence(
     frames: int,
     size: tuple[int, int] = (320, 240),
     lazy: bool = False,
+    cameras: str = "reference",
 ) -> Sequence:
-    """One sequence of the synthetic world, rendered at ``size`` = (width, height).
+    """One sequence of the synthetic world, rendered at ``size`` = (width, height), with
+    the ``cameras`` of :func:`plan_sequence`.
 
     With ``lazy=True`` the images are a :class:`LazyFrames` rendered on access (for
     streaming writers); otherwise a ``(T, H, W, 3)`` uint8 array.
     """
-    plan = plan_sequence(split, index, seed, frames)
-    renderer = Renderer(plan.scene, size)
-    images: np.ndarray | LazyFrames = LazyFrames(renderer, plan.gt_camera)
+    plan = plan_sequence(split, index, seed, frames, cameras)
+    intrinsics = plan.camera.intrinsics(*size)
+    renderer = Renderer(plan.scene, size, intrinsics)
+    # Image motion in one frame period, from the yaw rate (a ground robot's flow is
+    # mostly its turning).
+    blur_px = np.abs(plan.trajectory.w) / plan.camera.fps * intrinsics[0]
+    images: np.ndarray | LazyFrames = LazyFrames(
+        renderer, plan.gt_camera, camera=plan.camera, blur_px=blur_px
+    )
     if not lazy:
         images = np.asarray(images)
     return Sequence(
@@ -147,7 +192,7 @@ def render_sequence(
         gt_camera=plan.gt_camera,
         odom_base=plan.odometry.poses,
         base_to_camera=plan.base_to_camera,
-        intrinsics=intrinsics_for_size(*size),
+        intrinsics=intrinsics,
         odom_scale=plan.odometry.scale,
         yaw_bias=plan.odometry.yaw_bias,
         meta={**plan.meta, "size": [int(size[0]), int(size[1])]},
@@ -162,10 +207,11 @@ def render_split(
     size: tuple[int, int] = (320, 240),
     lazy: bool = False,
     with_mirrored: bool = False,
+    cameras: str = "reference",
 ) -> Iterator[Sequence]:
     """Sequences ``0 .. sequences-1`` of a split (each followed by its mirror if asked)."""
     for index in range(sequences):
-        seq = render_sequence(split, index, seed, frames, size, lazy)
+        seq = render_sequence(split, index, seed, frames, size, lazy, cameras)
         yield seq
         if with_mirrored:
             yield mirror(seq)

@@ -23,6 +23,8 @@ from latent_memory_training.data.sequence import Sequence
 # Half-width (frames) of the centred average that turns the per-frame rotation
 # difference between odometry and ground truth into the drift the bias state should track.
 BIAS_SMOOTHING = 45
+# Part of the cache file's name: bump it when what prepare() stores changes.
+PREP_VERSION = "v2"
 
 
 @dataclass
@@ -34,6 +36,7 @@ class PreparedSequence:
     gt: np.ndarray  # (T, 7) float64 camera pose in the first camera's frame
     bias: np.ndarray  # (T, 3) float32 odometry rotation drift per frame, camera frame
     stamps: np.ndarray  # (T,) float64
+    camera: np.ndarray  # (4,) normalised intrinsics (cues.normalised_intrinsics)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -49,7 +52,7 @@ class PreparedSequence:
             return cls(name=str(z["name"]), **{k: z[k] for k in _ARRAYS})
 
 
-_ARRAYS = ("images", "cues", "odom", "gt", "bias", "stamps")
+_ARRAYS = ("images", "cues", "odom", "gt", "bias", "stamps", "camera")
 
 
 def odometry_motions(seq: Sequence) -> np.ndarray:
@@ -84,12 +87,13 @@ def prepare(seq: Sequence, width: int, height: int) -> PreparedSequence:
         gt=gt,
         bias=bias,
         stamps=np.asarray(seq.stamps, dtype=np.float64),
+        camera=cues.normalised_intrinsics(seq.intrinsics, *seq.size),
     )
 
 
 def _prepare_cached(job: tuple[Path, int, int]) -> Path:
     path, width, height = job
-    cached = path.with_name(f"{path.stem}.{width}x{height}.prep.npz")
+    cached = path.with_name(f"{path.stem}.{width}x{height}.{PREP_VERSION}.prep.npz")
     if not (cached.is_file() and cached.stat().st_mtime >= path.stat().st_mtime):
         prepare(Sequence.load(path), width, height).save(cached)
     return cached

@@ -41,10 +41,12 @@ def intrinsics_for_size(width: int, height: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _rays(width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Camera-frame ray coordinates for one image size (z = 1): x per column, y per row,
+def _rays(
+    width: int, height: int, intrinsics: tuple[float, float, float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Camera-frame ray coordinates for one camera (z = 1): x per column, y per row,
     and the per-pixel ray length."""
-    fx, fy, cx, cy = intrinsics_for_size(width, height)
+    fx, fy, cx, cy = intrinsics
     x = ((np.arange(width) - cx) / fx).astype(np.float32)
     y = ((np.arange(height) - cy) / fy).astype(np.float32)
     norm = np.sqrt(1.0 + x[None, :] ** 2 + y[:, None] ** 2).astype(np.float32).ravel()
@@ -68,12 +70,20 @@ def _texture_levels(photo: str, seed: int, variant: int) -> tuple[np.ndarray, ..
 class Renderer:
     """Renders one scene at one image size; construct once per sequence, then call."""
 
-    def __init__(self, scene: Scene, size: tuple[int, int] = (320, 240)) -> None:
+    def __init__(
+        self,
+        scene: Scene,
+        size: tuple[int, int] = (320, 240),
+        intrinsics: np.ndarray | None = None,
+    ) -> None:
+        """``intrinsics`` (fx, fy, cx, cy) at ``size``; default: the TUM field of view."""
         self.scene = scene
         self.width, self.height = int(size[0]), int(size[1])
         if self.width < 2 or self.height < 2:
             raise ValueError(f"image size {size} too small")
-        self.intrinsics = intrinsics_for_size(self.width, self.height)
+        if intrinsics is None:
+            intrinsics = intrinsics_for_size(self.width, self.height)
+        self.intrinsics = np.asarray(intrinsics, dtype=np.float64)
         self._build_tables()
 
     # ------------------------------------------------------------------ setup
@@ -134,7 +144,7 @@ class Renderer:
     def render(self, camera_pose: np.ndarray) -> np.ndarray:
         """Image ``(H, W, 3)`` uint8 RGB seen from ``camera_pose`` (optical frame in world, xyz_qxyzw)."""
         w, h = self.width, self.height
-        xs, ys, norm = _rays(w, h)
+        xs, ys, norm = _rays(w, h, tuple(float(v) for v in self.intrinsics))
         rot = geometry.quat_to_matrix(np.asarray(camera_pose[3:], np.float64))
         o = np.asarray(camera_pose[:3], np.float64)
         r = rot.astype(np.float32)

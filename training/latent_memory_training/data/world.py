@@ -18,7 +18,7 @@ Everything is deterministic from ``(seed, split, index)`` through :func:`sequenc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -51,7 +51,10 @@ CAMERA_CLEARANCE = 0.2
 PLAN_MARGIN = 0.6
 GRID = 0.1  # planning grid resolution, metres
 ODOM_SCALE_ERROR_RANGE = (0.01, 0.05)
-YAW_BIAS_RANGE = (0.2e-3, 0.8e-3)  # rad per frame
+YAW_BIAS_RANGE = (0.2e-3, 0.8e-3)  # rad per frame at 30 Hz
+# v2 also draws odometry that hardly drifts: a fusion must learn to leave good odometry
+# alone (shared/docs/lessons.md, "A third look").
+YAW_BIAS_RANGE_V2 = (0.0, 0.8e-3)
 
 
 def sequence_rng(split: str, seed: int, index: int, stream: str = "") -> np.random.Generator:
@@ -137,6 +140,19 @@ def _material(rng: np.random.Generator, photos: tuple[str, ...]) -> Material:
         tile=float(rng.uniform(*TILE_RANGE)),
         offset=(float(rng.uniform(0, 2)), float(rng.uniform(0, 2))),
         seed=int(rng.integers(2**31)),
+    )
+
+
+def scale_textures(scene: Scene, scale: float) -> Scene:
+    """The same room with every photo tile ``scale`` times larger."""
+
+    def scaled(ms: tuple[Material, ...]) -> tuple[Material, ...]:
+        return tuple(replace(m, tile=m.tile * scale) for m in ms)
+
+    return replace(
+        scene,
+        room_materials=scaled(scene.room_materials),
+        box_materials=scaled(scene.box_materials),
     )
 
 
@@ -392,7 +408,7 @@ def _speed_profile(path: np.ndarray, speed: np.ndarray, heading: np.ndarray) -> 
 
 
 def _drive(
-    path: np.ndarray, speed: np.ndarray, frames: int, speed_scale: float
+    path: np.ndarray, speed: np.ndarray, frames: int, speed_scale: float, dt: float = DT
 ) -> tuple[np.ndarray, ...]:
     """Follow the path with a pure-pursuit-like controller under speed/acceleration limits."""
     heading = np.unwrap(np.arctan2(*np.diff(path, axis=0).T[::-1]))
@@ -416,22 +432,28 @@ def _drive(
         v_des = float(limit[idx]) * max(0.0, math.cos(min(abs(alpha), math.pi / 2))) ** 2
         v_des = min(max(v_des, 0.03), SPEED_RANGE[1])
         w_des = max(-w_lim, min(w_lim, 3.0 * alpha))
-        v += max(-ACCEL_MAX * DT, min(ACCEL_MAX * DT, v_des - v))
-        w += max(-YAW_ACCEL_MAX * DT, min(YAW_ACCEL_MAX * DT, w_des - w))
-        mid = yaw + 0.5 * w * DT
-        x += v * math.cos(mid) * DT
-        y += v * math.sin(mid) * DT
-        yaw += w * DT
+        v += max(-ACCEL_MAX * dt, min(ACCEL_MAX * dt, v_des - v))
+        w += max(-YAW_ACCEL_MAX * dt, min(YAW_ACCEL_MAX * dt, w_des - w))
+        mid = yaw + 0.5 * w * dt
+        x += v * math.cos(mid) * dt
+        y += v * math.sin(mid) * dt
+        yaw += w * dt
     return out[:, 0], out[:, 1], out[:, 2], out[:, 3], out[:, 4]
 
 
 def plan_trajectory(
-    rng: np.random.Generator, scene: Scene, frames: int, mount_forward: float = 0.0
+    rng: np.random.Generator,
+    scene: Scene,
+    frames: int,
+    mount_forward: float = 0.0,
+    fps: float = FPS,
 ) -> Trajectory:
-    """A smooth, collision-free, revisiting drive of ``frames`` frames through ``scene``."""
+    """A smooth, collision-free, revisiting drive of ``frames`` frames at ``fps``
+    through ``scene``."""
+    dt = 1.0 / fps
     for attempt in range(6):
-        path, speed = _route(rng, scene, frames * DT * SPEED_RANGE[1] + 5.0, frames * DT * 0.4)
-        x, y, yaw, v, w = _drive(path, speed, frames, speed_scale=1.0 - 0.12 * attempt)
+        path, speed = _route(rng, scene, frames * dt * SPEED_RANGE[1] + 5.0, frames * dt * 0.4)
+        x, y, yaw, v, w = _drive(path, speed, frames, 1.0 - 0.12 * attempt, dt)
         xy = np.stack([x, y], axis=1)
         cam = xy + mount_forward * np.stack([np.cos(yaw), np.sin(yaw)], axis=1)
         if (
@@ -476,15 +498,23 @@ def integrate_planar(steps: np.ndarray) -> np.ndarray:
     return np.concatenate([np.stack([x, y, zero], axis=1), q], axis=1)
 
 
-def simulate_odometry(rng: np.random.Generator, traj: Trajectory, bias_sign: float) -> Odometry:
-    """Wheel odometry: scaled translation, slowly drifting yaw bias, small white noise."""
+def simulate_odometry(
+    rng: np.random.Generator,
+    traj: Trajectory,
+    bias_sign: float,
+    fps: float = FPS,
+    bias_range: tuple[float, float] = YAW_BIAS_RANGE,
+) -> Odometry:
+    """Wheel odometry: scaled translation, slowly drifting yaw bias, small white noise.
+    ``bias_range`` is the bias level in rad per frame at 30 Hz (the same drift per
+    second at any ``fps``)."""
     n = len(traj)
     steps = planar_steps(traj.xy, traj.yaw)
     scale = 1.0 + float(rng.choice([-1.0, 1.0]) * rng.uniform(*ODOM_SCALE_ERROR_RANGE))
     # The bias wanders slowly (~20 s correlation, +-15 %) around a per-sequence level
     # whose sign the caller balances across a split.
-    level = float(np.sign(bias_sign)) * rng.uniform(*YAW_BIAS_RANGE)
-    wander = np.clip(1.0 + 0.15 * _smooth_noise(rng, n, 200.0), 0.5, 1.5)
+    level = float(np.sign(bias_sign)) * rng.uniform(*bias_range) * FPS / fps
+    wander = np.clip(1.0 + 0.15 * _smooth_noise(rng, n, 200.0 * fps / FPS), 0.5, 1.5)
     bias = level * wander
     noisy = steps.copy()
     dist = np.hypot(steps[:, 0], steps[:, 1])

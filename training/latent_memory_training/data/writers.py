@@ -96,7 +96,7 @@ def write_rosbag2(
 ) -> Path:
     """Write ``seq`` as a rosbag2 (format version 9) at ``out_dir``; returns the path.
 
-    Topics: /camera/image_raw (rgb8), /camera/camera_info, /odom (odom -> base_link),
+    Topics: /camera/image_raw (rgb8; mono8 for a grey camera), /camera/camera_info, /odom (odom -> base_link),
     /ground_truth/pose (camera optical frame in ``world``) and one latched /tf_static
     (base_link -> camera_optical_frame), all stamped with the image time.
     """
@@ -116,6 +116,7 @@ def write_rosbag2(
         raise ValueError(f"storage must be one of {sorted(plugins)}, not {storage!r}")
     ts = get_typestore(Stores.ROS2_KILTED)
     t = ts.types
+    mono = seq.meta.get("encoding") == "mono8"
     Header, Time = t["std_msgs/msg/Header"], t["builtin_interfaces/msg/Time"]
     Point, Quaternion, Vector3 = (
         t["geometry_msgs/msg/Point"],
@@ -221,13 +222,15 @@ def write_rosbag2(
                 )
                 writer.write(c_info, stamp, ts.serialize_cdr(info, "sensor_msgs/msg/CameraInfo"))
                 img = np.ascontiguousarray(seq.images[i], dtype=np.uint8)
+                if mono:  # a grey camera (world.md v2) publishes mono8, as a real one does
+                    img = np.ascontiguousarray(img[..., 0])
                 image = t["sensor_msgs/msg/Image"](
                     header=header(stamp, CAMERA_FRAME),
                     height=h,
                     width=w,
-                    encoding="rgb8",
+                    encoding="mono8" if mono else "rgb8",
                     is_bigendian=0,
-                    step=3 * w,
+                    step=(1 if mono else 3) * w,
                     data=img.reshape(-1),
                 )
                 writer.write(c_img, stamp, ts.serialize_cdr(image, "sensor_msgs/msg/Image"))

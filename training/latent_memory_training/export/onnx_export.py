@@ -11,6 +11,7 @@ from torch import nn
 
 from latent_memory_ros import cues as cue_defs
 from latent_memory_ros.model_format import (
+    NON_MEMORY_STATE,
     QUERY_FILE,
     STATE_INIT_FILE,
     STEP_FILE,
@@ -33,10 +34,10 @@ class StepGraph(nn.Module):
         self.model = model
         self.state_names = list(model.state_shapes())
 
-    def forward(self, image, odom, dt_s, cues, *states):
+    def forward(self, image, odom, dt_s, cues, camera, *states):
         state = dict(zip(self.state_names, states, strict=True))
         new_state, out = self.model.step(
-            state, {"image": image, "odom": odom, "dt": dt_s, "cues": cues}
+            state, {"image": image, "odom": odom, "dt": dt_s, "cues": cues, "camera": camera}
         )
         return (out["pose"], out["log_var"], *(new_state[k] for k in self.state_names))
 
@@ -51,8 +52,9 @@ class QueryGraph(nn.Module):
         self.model = model
         self.state_names = list(model.cell.memory_entries)
 
-    def forward(self, image, *states):
-        return self.model.query(dict(zip(self.state_names, states, strict=True)), image)
+    def forward(self, image, camera, *states):
+        state = dict(zip(self.state_names, states, strict=True))
+        return self.model.query(state, image, camera)
 
 
 def example_inputs(model: LocalisationModel) -> tuple[torch.Tensor, ...]:
@@ -65,8 +67,15 @@ def example_inputs(model: LocalisationModel) -> tuple[torch.Tensor, ...]:
         odom,
         torch.zeros(1, 1),
         torch.zeros(1, cue_defs.CUE_DIM),
+        reference_camera(),
         *(state[k] for k in model.state_shapes()),
     )
+
+
+def reference_camera() -> torch.Tensor:
+    """``[1, 4]`` normalised intrinsics of the world's reference camera."""
+    k = cue_defs.normalised_intrinsics(np.array(REFERENCE_INTRINSICS), REFERENCE_WIDTH, 480)
+    return torch.tensor(k, dtype=torch.float32)[None]
 
 
 def model_intrinsics(width: int) -> list[float]:
@@ -110,17 +119,18 @@ def export_model(
         graph,
         example_inputs(model),
         out_dir / STEP_FILE,
-        ["image", "odom", "dt", "cues", *(f"state.{k}" for k in names)],
+        ["image", "odom", "dt", "cues", "camera", *(f"state.{k}" for k in names)],
         ["pose", "log_var", *(f"state_out.{k}" for k in names)],
     )
     init = model.initial_state(1)
     query_section = None
     if model.cell.exportable:
         query_graph = QueryGraph(model)
-        query_inputs = ["image", *(f"state.{k}" for k in query_graph.state_names)]
+        query_inputs = ["image", "camera", *(f"state.{k}" for k in query_graph.state_names)]
+        image, camera = example_inputs(model)[0], reference_camera()
         _export(
             query_graph,
-            (example_inputs(model)[0], *(init[k].detach() for k in query_graph.state_names)),
+            (image, camera, *(init[k].detach() for k in query_graph.state_names)),
             out_dir / QUERY_FILE,
             query_inputs,
             ["rel_pose", "log_var"],
@@ -160,9 +170,14 @@ def export_model(
             "height": 240,
             "dim": cue_defs.CUE_DIM,
         },
-        "inputs_optional": ["odom", "dt", "cues"],
+        "inputs_optional": ["odom", "dt", "cues", "camera"],
         "state": [
-            {"name": k, "shape": [1, *s], "dtype": "float32"}
+            {
+                "name": k,
+                "shape": [1, *s],
+                "dtype": "float32",
+                "role": "memory" if k in model.cell.state_shapes else NON_MEMORY_STATE[k],
+            }
             for k, s in model.state_shapes().items()
         ],
         "pose": {

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latent_memory_ros.cues import CUE_DIM
+from latent_memory_ros.cues import CUE_DIM, CUE_VALID
+from latent_memory_ros.model_format import ODOM_VALID
 from latent_memory_training.models import so3
 from latent_memory_training.models.cells import (
     CELLS,
@@ -34,20 +35,37 @@ MOTION_SCALE = 30.0
 
 
 class ImageEncoder(nn.Module):
-    """Strided convolutions to a coarse grid of tokens with learned positions."""
+    """Strided convolutions to a coarse grid of tokens with learned positions.
+
+    Besides the colour channels it sees each pixel's viewing ray (x / z and y / z in the
+    camera frame, from the normalised intrinsics), so one network serves cameras of
+    different fields of view (world.md v2)."""
 
     def __init__(self, width: int, height: int, dim: int) -> None:
         super().__init__()
-        chans = [3, 16, 32, 48, dim]
+        chans = [5, 16, 32, 48, dim]
         layers: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:], strict=True):
             layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GELU()]
         self.net = nn.Sequential(*layers)
         grid = (height // 16) * (width // 16)
         self.position = nn.Parameter(torch.randn(grid, dim) * 0.02)
+        self.register_buffer("u", (torch.arange(width) + 0.5) / width, persistent=False)
+        self.register_buffer("v", (torch.arange(height) + 0.5) / height, persistent=False)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image).flatten(2).transpose(1, 2) + self.position
+    def forward(self, image: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+        fx, fy, cx, cy = (camera[:, i, None, None] for i in range(4))
+        b, h, w = image.shape[0], self.v.shape[0], self.u.shape[0]
+        ray_x = ((self.u[None, None, :] - cx) / fx).expand(b, h, w)
+        ray_y = ((self.v[None, :, None] - cy) / fy).expand(b, h, w)
+        x = torch.cat([image, ray_x[:, None], ray_y[:, None]], dim=1)
+        return self.net(x).flatten(2).transpose(1, 2) + self.position
+
+
+def camera_features(camera: torch.Tensor) -> torch.Tensor:
+    """The normalised intrinsics as O(1) features: log focal lengths, principal point
+    offsets from the image centre."""
+    return torch.cat([torch.log(camera[:, :2]), (camera[:, 2:] - 0.5) * 10.0], dim=-1)
 
 
 class LocalisationModel(nn.Module):
@@ -58,7 +76,7 @@ class LocalisationModel(nn.Module):
         self.config = config
         d = config.dim
         self.encoder = ImageEncoder(config.image_width, config.image_height, d)
-        self.motion_features = 8 + CUE_DIM
+        self.motion_features = 8 + CUE_DIM + 4
         self.motion_token = nn.Sequential(
             nn.Linear(self.motion_features, d), nn.GELU(), nn.Linear(d, d)
         )
@@ -99,16 +117,20 @@ class LocalisationModel(nn.Module):
         state = self.cell.initial_state(batch)
         pose = torch.zeros(batch, 7)
         pose[:, 6] = 1.0
-        return {**state, "pose": pose, "bias": torch.zeros(batch, 3)}
+        device = self.delta.weight.device  # a model moved to a GPU starts its state there
+        return {
+            k: v.to(device)
+            for k, v in {**state, "pose": pose, "bias": torch.zeros(batch, 3)}.items()
+        }
 
     def step(
         self, state: State, obs: dict[str, torch.Tensor], memory: bool = False
     ) -> tuple[State, dict]:
         odom, cues = obs["odom"], obs["cues"]
-        odom_valid = odom[:, 7:8]
+        odom_valid = odom[:, ODOM_VALID : ODOM_VALID + 1]
         odom_rot = so3.quat_to_rotvec(odom[:, 3:7]) * odom_valid
         odom_trans = odom[:, 0:3] * odom_valid
-        cue_valid = (cues[:, 8:9] > 0).to(cues.dtype)
+        cue_valid = (cues[:, CUE_VALID : CUE_VALID + 1] > 0).to(cues.dtype)
         vision_rot = cues[:, 1:4] * cue_valid
         features = torch.cat(
             [
@@ -117,10 +139,12 @@ class LocalisationModel(nn.Module):
                 odom_valid,
                 obs["dt"] * MOTION_SCALE,
                 _scale_cues(cues),
+                camera_features(obs["camera"]),
             ],
             dim=-1,
         )
-        tokens = torch.cat([self.motion_token(features)[:, None], self.encoder(obs["image"])], 1)
+        image_tokens = self.encoder(obs["image"], obs["camera"])
+        tokens = torch.cat([self.motion_token(features)[:, None], image_tokens], 1)
         cell_state = {k: state[k] for k in self.cell.state_shapes}
         cell_state, readout = self.cell.step(cell_state, tokens)
         h = self.trunk(torch.cat([readout, features], dim=-1))
@@ -143,15 +167,18 @@ class LocalisationModel(nn.Module):
             out["memory"] = self.cell.memory(cell_state)
         return new_state, out
 
-    def query(self, state: State, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pose (xyz_qxyzw) of the camera that took ``image`` in the current camera
+    def query(
+        self, state: State, image: torch.Tensor, camera: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pose (xyz_qxyzw) of the camera that took ``image`` (normalised intrinsics
+        ``camera``) in the current camera
         frame, and its log variance (x, y, z, rx, ry, rz), read from the cell's memory
         view alone (``state`` needs only its ``memory_entries``); the state is not
         changed."""
         memory = self.cell.memory(state)
         b = memory.shape[0]
         token = self.query_token.expand(b, 1, -1)
-        x = self.query_block(torch.cat([token, memory, self.encoder(image)], dim=1))
+        x = self.query_block(torch.cat([token, memory, self.encoder(image, camera)], dim=1))
         h = self.query_head(x[:, 0])
         rel = self.query_pose(h)
         return so3.motion_to_pose(rel[:, :3], rel[:, 3:]), self.query_log_var(h)
@@ -173,7 +200,7 @@ def _scale_cues(cues: torch.Tensor) -> torch.Tensor:
     scale = torch.tensor(
         [1.0] + [MOTION_SCALE] * 3 + [1.0] * 5 + [MOTION_SCALE] * 3 + [MOTION_SCALE] * 3
     )
-    return cues * scale
+    return cues * scale.to(cues)
 
 
 def _logit(p: float) -> float:

@@ -22,6 +22,9 @@ class TrainConfig:
     val_every: int = 250
     seed: int = 0
     threads: int = 2
+    device: str = "cpu"  # or cuda (one prepared script runs a long training on a GPU)
+    amp: bool = False  # bfloat16 autocast (on cuda)
+    heldout_every: int = 0  # steps between held-out scores in the history (0: never)
     # Map-free queries: at each window's last frame, where was the camera of an earlier
     # frame of the episode (at least query_min_gap frames back)?
     query_weight: float = 0.1
@@ -32,6 +35,18 @@ class TrainConfig:
     distill_distance: str = "mse_ln"  # mse_ln: per-slot MSE after LayerNorm; cosine: 1 - cos
     distill_schedule: str = "constant"  # constant, or anneal (cosine to 0 over the run)
     init_from_teacher: bool = False  # start encoder and heads from the teacher's
+
+
+@dataclass
+class WorldConfig:
+    """``fit --world``: fresh rooms from the generator (data/world_stream.py)."""
+
+    frames: int = 1200  # per room
+    pool: int = 16  # rooms drawn from at once (the newest)
+    warm: int = 4  # rooms rendered before the first step
+    room_every: int = 12  # training steps between new rooms
+    workers: int = 1  # rendering processes beside the trainer
+    cameras: str = "random"  # world.md v2 cameras; reference: the v1 camera
 
 
 DISTANCES = ("mse_ln", "cosine")
