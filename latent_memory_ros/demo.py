@@ -8,7 +8,10 @@
 5. when the model has a query graph, ask the node at the last frame where the cameras
    of earlier frames are (``~/query/image`` -> ``~/query/pose``);
 6. score them with evo against ground truth, beside the odometry and no-motion baselines,
-   plus the query recall, and write ``results/demo/metrics.json`` and ``trajectory.png``.
+   plus the query recall, and write ``results/demo/metrics.json`` and ``trajectory.png``;
+7. the memory ablation: the same frames offline through the runtime twice, with the
+   memory carried and reset before every frame, give the memory gain
+   ``1 - ATE carried / ATE reset``.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from latent_memory_ros import geometry
 from latent_memory_ros.bag import BagRun, read_run
 from latent_memory_ros.evaluation import (
     baseline_metrics,
+    memory_gain,
     metrics_table,
     odometry_camera_poses,
     plot_title,
     plot_trajectories,
     query_errors,
+    query_indices,
     query_recall,
     trajectory_metrics,
 )
@@ -122,10 +127,8 @@ def stop_node(process: subprocess.Popen) -> None:
 
 def query_frames(run: BagRun) -> list[tuple[float, np.ndarray]]:
     """The earlier frames the demo asks about at the run's last frame: ``(stamp, rgb)``."""
-    last = len(run) - 1 - QUERY_MIN_GAP
-    return [
-        (t, rgb) for i, (t, rgb) in enumerate(run.images()) if i <= last and i % QUERY_EVERY == 0
-    ]
+    asked = set(query_indices(len(run), QUERY_EVERY, QUERY_MIN_GAP).tolist())
+    return [(t, rgb) for i, (t, rgb) in enumerate(run.images()) if i in asked]
 
 
 def ask_queries(
@@ -315,6 +318,30 @@ def score(run: BagRun, mount: np.ndarray, collected: dict[str, Any], out: Path) 
     return metrics
 
 
+def memory_ablation(
+    run: BagRun, model_dir: Path, providers: list[str] | None = None
+) -> dict[str, float]:
+    """The run's frames offline through the runtime (and the odometry, when the model
+    takes it), with the memory carried and with it reset before every frame: their ATE
+    and the memory gain ``1 - carried / reset``."""
+    from latent_memory_ros.runtime import StudentRuntime
+
+    assert run.gt is not None
+    rt = StudentRuntime(model_dir, providers=providers)
+    odom = run.odom_at(run.image_stamps) if rt.spec.uses_odom else None
+    camera = None if run.intrinsics is None else run.intrinsics.array
+    ate = {}
+    for name, reset in (("carried", False), ("reset", True)):
+        poses = rt.run(run.images(), odom, run.base_to_camera, reset, camera).poses
+        metrics = trajectory_metrics(run.image_stamps, poses, run.gt.stamps, run.gt.poses)
+        ate[name] = metrics["ate_rmse_m"]
+    return {
+        "memory_carried_ate_rmse_m": ate["carried"],
+        "memory_reset_ate_rmse_m": ate["reset"],
+        "memory_gain": memory_gain(ate["carried"], ate["reset"]),
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latent_memory_demo",
@@ -367,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         replayed = time.monotonic()
         stop_node(node_process)
         metrics = score(run, run.base_to_camera, collected, out)
+        print("memory ablation: the same frames offline, memory carried and reset ...", flush=True)
+        metrics |= memory_ablation(run, model_dir, metrics["providers"] or None)
     except DemoError as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 1
@@ -398,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print(f"query recall: the model at {model_dir} has no query graph (query.onnx)")
+    print(
+        f"memory gain (the same frames offline, memory reset before every frame): "
+        f"{metrics['memory_gain']:.3f} (ATE {metrics['memory_carried_ate_rmse_m']:.4f} m "
+        f"carried, {metrics['memory_reset_ate_rmse_m']:.4f} m reset)"
+    )
     print(
         f"time: render {metrics['render_s']} s, replay {metrics['replay_s']} s, "
         f"total {metrics['total_s']} s"

@@ -284,6 +284,49 @@ def query_recall(trans_m: np.ndarray, rot_deg: np.ndarray) -> dict[str, float]:
     }
 
 
+def query_scores(trans_m: np.ndarray, rot_deg: np.ndarray) -> dict[str, Any]:
+    """``queries`` (how many), :func:`query_recall` and the median errors of query
+    answers with these errors (:func:`query_errors`)."""
+    return {
+        "queries": len(trans_m),
+        **query_recall(trans_m, rot_deg),
+        "median_m": float(np.median(trans_m)),
+        "median_deg": float(np.median(rot_deg)),
+    }
+
+
+def query_indices(frames: int, every: int, min_gap: int) -> np.ndarray:
+    """The earlier frames a run of ``frames`` frames is asked about once it is done (at
+    its last frame): every ``every``-th frame at least ``min_gap`` frames before the last."""
+    return np.arange(0, max(0, frames - min_gap), every)
+
+
+def memory_gain(carried_ate: float, reset_ate: float) -> float:
+    """The memory ablation, ``1 - carried / reset``: the share of the error made with the
+    memory cell's state reset before every frame that carrying the memory removes (0: the
+    memory does nothing; negative: it hurts)."""
+    return float(1.0 - carried_ate / reset_ate)
+
+
+def ratio_to_baseline(
+    names: Sequence[str], model_ate: Sequence[float], baseline_ate: Sequence[float], baseline: str
+) -> dict[str, Any]:
+    """Per run, the model's ATE over the baseline's on the same run (``baseline`` names
+    it), summarised: ``mean`` and ``median`` ratio, the ``worst`` (largest) ratio and its
+    run ``worst_sequence``, and how many runs are ``worse`` than the baseline (ratio > 1)."""
+    ratio = np.asarray(model_ate, dtype=np.float64) / np.asarray(baseline_ate, dtype=np.float64)
+    worst = int(np.argmax(ratio))
+    return {
+        "baseline": baseline,
+        "sequences": len(ratio),
+        "mean": float(np.mean(ratio)),
+        "median": float(np.median(ratio)),
+        "worst": float(ratio[worst]),
+        "worst_sequence": str(names[worst]),
+        "worse": int(np.sum(ratio > 1.0)),
+    }
+
+
 def odometry_camera_poses(odom_base: np.ndarray, base_to_camera: np.ndarray) -> np.ndarray:
     """Camera poses in the odometry frame from base poses: ``T_odom_cam = T_odom_base T_base_cam``."""
     return geometry.compose(np.asarray(odom_base, dtype=np.float64), base_to_camera)

@@ -17,9 +17,12 @@ from test_bag import BASE_TO_CAMERA, write_test_bag
 from latent_memory_ros import geometry, runtime
 from latent_memory_ros.evaluation import (
     main,
+    memory_gain,
     no_motion_metrics,
     query_errors,
+    query_indices,
     query_recall,
+    ratio_to_baseline,
     trajectory_metrics,
     uncertainty_calibration,
 )
@@ -195,6 +198,53 @@ def test_query_recall_counts_answers_within_both_thresholds() -> None:
     np.testing.assert_allclose(trans, [0.0, 0.3, 0.0, 0.6], atol=1e-9)
     np.testing.assert_allclose(rot, [0.0, 0.0, 7.0, 1.0], atol=1e-6)
     assert query_recall(trans, rot) == {"recall_0.25m_5deg": 0.25, "recall_0.5m_10deg": 0.75}
+
+
+def test_queries_are_earlier_frames_at_least_min_gap_before_the_last() -> None:
+    np.testing.assert_array_equal(query_indices(100, 30, 30), [0, 30, 60])
+    np.testing.assert_array_equal(query_indices(61, 30, 30), [0, 30])
+    assert len(query_indices(20, 5, 30)) == 0
+
+
+def test_memory_gain_and_per_run_ratios() -> None:
+    """The gain is the share of the reset error that carrying the memory removes; the
+    ratio summary names the worst run and counts the runs worse than the baseline."""
+    assert memory_gain(0.15, 0.2) == pytest.approx(0.25)
+    assert memory_gain(0.2, 0.2) == 0.0 and memory_gain(0.3, 0.2) == pytest.approx(-0.5)
+    ratio = ratio_to_baseline(["a", "b", "c"], [0.1, 0.5, 0.3], [0.2, 0.2, 0.3], "odometry")
+    assert ratio == {
+        "baseline": "odometry",
+        "sequences": 3,
+        "mean": pytest.approx((0.5 + 2.5 + 1.0) / 3),
+        "median": pytest.approx(1.0),
+        "worst": pytest.approx(2.5),
+        "worst_sequence": "b",
+        "worse": 1,  # equal to the baseline is not worse
+    }
+
+
+def test_demo_memory_ablation_runs_the_bag_carried_and_reset(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """The demo's memory gain comes from the bag's frames through the runtime twice: its
+    carried ATE is what latent_memory_eval measures on the same bag; the reset run
+    differs."""
+    from latent_memory_ros.bag import read_run
+    from latent_memory_ros.demo import GT_TOPIC, IMAGE_TOPIC, ODOM_TOPIC, memory_ablation
+
+    write_test_bag(tmp_path / "bag", frames=30, size=(64, 48))
+    run = read_run(tmp_path / "bag", IMAGE_TOPIC, gt_topic=GT_TOPIC, odom_topic=ODOM_TOPIC)
+    got = memory_ablation(run, model_dir, ["CPUExecutionProvider"])
+    args = eval_args(tmp_path / "bag", tmp_path / "out", "--odom-topic", ODOM_TOPIC)
+    args += ["--providers", "CPUExecutionProvider"]
+    args[args.index("--model") + 1] = str(model_dir)
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert got["memory_carried_ate_rmse_m"] == pytest.approx(metrics["ate_rmse_m"], rel=1e-9)
+    assert got["memory_reset_ate_rmse_m"] != got["memory_carried_ate_rmse_m"]
+    assert got["memory_gain"] == pytest.approx(
+        1 - got["memory_carried_ate_rmse_m"] / got["memory_reset_ate_rmse_m"]
+    )
 
 
 def test_calibration_of_gaussian_errors_matches_the_gaussian_shares() -> None:

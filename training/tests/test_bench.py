@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from latent_memory_training.benchmark.costs import run_costs
 
 
@@ -25,7 +27,8 @@ def test_costs_report_every_column(tmp_path):
 def test_accuracy_trains_exports_and_scores_cells_with_and_without_distillation(tmp_path):
     """A fixed-state cell is exported and scored through the runtime beside the
     baselines; the growing teacher is scored in PyTorch; a cell distilled from that
-    teacher gets its own row; every row has query recall."""
+    teacher gets its own row; every row has query recall, the memory ablation and the
+    worst run's ratio to the baseline."""
     from latent_memory_training.benchmark.accuracy import accuracy_table, cell_accuracy
     from latent_memory_training.data.generate import render_sequence
     from latent_memory_training.data.prepare import load_prepared
@@ -56,5 +59,16 @@ def test_accuracy_trains_exports_and_scores_cells_with_and_without_distillation(
         assert r["test_sequences"] == 1 and r["train_s"] > 0
         assert r["model_odom_ate_rmse_m"] >= 0 and r["model_images_ate_rmse_m"] >= 0
         assert 0 <= r["query_recall_0.25m_5deg"] <= r["query_recall_0.5m_10deg"] <= 1
+        for m in ("model_odom", "model_images"):
+            carried, reset = r[f"{m}_ate_rmse_m"], r[f"{m}_reset_ate_rmse_m"]
+            assert r[f"memory_gain_{m}"] == pytest.approx(1 - carried / reset)
+            assert r[f"ratio_worst_{m}"] == pytest.approx(r[f"ratio_mean_{m}"])  # one run
+            assert r[f"ratio_worse_{m}"] == int(r[f"ratio_worst_{m}"] > 1)
+        assert r["ratio_worst_sequence_model_odom"] == test.name
+    # With odometry and one run, the ratio is to that run's odometry ATE.
+    assert gru["ratio_worst_model_odom"] == pytest.approx(
+        gru["model_odom_ate_rmse_m"] / gru["odometry_ate_rmse_m"]
+    )
     table = accuracy_table([teacher, gru, distilled])
     assert "| bottleneck | pytorch |" in table and "| gru+distill | onnxruntime |" in table
+    assert f"| {gru['ratio_worst_model_odom']:.2f} ({gru['ratio_worse_model_odom']}/1) |" in table

@@ -104,8 +104,8 @@ def evaluate_model(
 def evaluate_modes(
     model: LocalisationModel,
     seqs: list[PreparedSequence],
-    query_every: int,
-    query_min_gap: int,
+    query_every: int = 150,
+    query_min_gap: int = 30,
     ablation: bool = True,
 ) -> dict:
     """Both modes (``odom``, ``images``) of :func:`evaluate_model`, each with its
