@@ -472,7 +472,8 @@ def evaluate_bag(
     images = tqdm(
         run.images(frames), total=frames, unit="frame", disable=not progress, file=sys.stderr
     )
-    ran = runtime.run(images, odom_base if feed_odom else None, mount)
+    camera = None if run.intrinsics is None else run.intrinsics.array
+    ran = runtime.run(images, odom_base if feed_odom else None, mount, intrinsics=camera)
     poses, step_ms = ran.poses, ran.step_ms
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -604,8 +604,22 @@ class LocalisationCore:
         if key != self._adapter_key:
             self._adapter_key = key
             self._adapter = None
-            if info.width == width and info.height == height:
-                w, h, intrinsics = self.localizer.runtime.input_camera
+            runtime = self.localizer.runtime
+            if info.width == width and info.height == height and runtime.camera_aware:
+                # The network reads the intrinsics (model.json inputs_optional 'camera'):
+                # frames of any field of view go in as they are.
+                k = [float(v) for v in info.k]
+                try:
+                    runtime.set_camera((k[0], k[4], k[2], k[5]), width, height)
+                except (ValueError, IndexError) as err:
+                    self._warn_once(f"camera {err}", f"camera_info not used: {err}")
+                else:
+                    self._log().info(
+                        f"camera_info: the model takes this camera as it is (fx {k[0]:.1f}, "
+                        f"fy {k[4]:.1f}, cx {k[2]:.1f}, cy {k[5]:.1f} at {width}x{height})"
+                    )
+            elif info.width == width and info.height == height:
+                w, h, intrinsics = runtime.input_camera
                 try:
                     adapter = images.FieldOfViewAdapter.from_camera_info(info, w, h, intrinsics)
                 except ValueError as err:  # check_camera_info has said what is wrong

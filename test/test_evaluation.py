@@ -334,6 +334,7 @@ class OdometryEchoRuntime:
 
     # The real offline loop (odometry -> camera motion, dt) drives the stand-in's step.
     run = runtime.StudentRuntime.run
+    camera_aware = False  # like a model without the ``camera`` input
 
     def reset(self) -> None:
         self.pose = geometry.IDENTITY.copy()

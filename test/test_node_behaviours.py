@@ -39,6 +39,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from latent_memory_ros import geometry
 from latent_memory_ros.localizer import LOST_VARIANCE, Localizer, LocalizerConfig
+from latent_memory_ros.model_format import load_spec
 from latent_memory_ros.node import pose_from_msg, pose_to_msg
 from latent_memory_ros.runtime import StudentRuntime
 
@@ -664,6 +665,14 @@ def test_camera_info_is_checked_and_the_field_of_view_adapted(
     send_until_logged(info(640, 480, 500.0, frame_id="other_camera"), "camera_info: ")
     assert "640x480" in node.log() and "other_camera" in node.log()
 
+    if "camera" in load_spec(model_dir).inputs_optional:
+        # A model that reads the camera's intrinsics takes a wider lens as it is, said once.
+        send_until_logged(info(96, 72, 40.0), "takes this camera as it is")
+        send(info(96, 72, 40.0))
+        assert node.log().count("takes this camera as it is") == 1
+        assert "fx 40.0, fy 40.0, cx 47.5, cy 35.5 at 96x72" in node.log()
+        assert "model fx=" not in node.log()
+        return
     # Same size, a wider lens than the model's: cropped to the model's view, said once.
     send_until_logged(info(96, 72, 40.0), "model fx=")
     send(info(96, 72, 40.0))

@@ -100,7 +100,9 @@ def test_the_network_reads_the_camera() -> None:
     torch.manual_seed(0)
     model = LocalisationModel(ModelConfig()).eval()
     image = torch.randn(1, 3, 96, 128)
-    wide = torch.tensor(cues.normalised_intrinsics(np.array([200.0, 200.0, 319.5, 239.5]), 640, 480))
+    wide = torch.tensor(
+        cues.normalised_intrinsics(np.array([200.0, 200.0, 319.5, 239.5]), 640, 480)
+    )
     with torch.no_grad():
         a = model.encoder(image, reference_camera())
         b = model.encoder(image, wide[None].float())

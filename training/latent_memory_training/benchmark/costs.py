@@ -18,7 +18,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from latent_memory_training.export.onnx_export import example_inputs, export_model
+from latent_memory_training.export.onnx_export import (
+    example_inputs,
+    example_observation,
+    export_model,
+)
 from latent_memory_training.models.cells import CELLS, REFERENCE_CELLS
 from latent_memory_training.models.config import ModelConfig
 from latent_memory_training.models.student import LocalisationModel
@@ -62,7 +66,7 @@ def _onnx_step_times(model: LocalisationModel, steps: int) -> list[float]:
 
 @torch.no_grad()
 def _torch_step_times(model: LocalisationModel, steps: int) -> list[float]:
-    obs = dict(zip(("image", "odom", "dt", "cues"), example_inputs(model)[:4], strict=True))
+    obs = example_observation(model)
     state = model.initial_state(1)
     times = []
     for _ in range(steps):
@@ -77,7 +81,7 @@ def cell_costs(name: str, at: tuple[int, ...] = AT) -> dict:
     torch.set_num_threads(1)
     model = LocalisationModel(ModelConfig(cell=name)).eval().requires_grad_(False)
     state = model.initial_state(1)
-    obs = dict(zip(("image", "odom", "dt", "cues"), example_inputs(model)[:4], strict=True))
+    obs = example_observation(model)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.step(state, obs)
     exportable = getattr(model.cell, "exportable", True)

@@ -41,7 +41,7 @@ from latent_memory_training.data.prepare import PreparedSequence
 from latent_memory_training.data.streams import normalise
 from latent_memory_training.models.student import LocalisationModel
 from latent_memory_training.training.checkpoint import load_model
-from latent_memory_training.training.rollout import rollout_runs, run_metrics
+from latent_memory_training.training.rollout import odometry_baseline, rollout_runs, run_metrics
 
 KEYS = ("ate_rmse_m", "ate_sim3_rmse_m", "rpe_trans_m", "rpe_rot_deg")
 MODES = (("odom", True), ("images", False))
@@ -114,12 +114,7 @@ def evaluate_modes(
     the ``memory_gain``."""
     n = min(len(s) for s in seqs)
     names = [s.name for s in seqs]
-    odometry = [
-        r["ate_rmse_m"]
-        for r in run_metrics(
-            seqs, np.stack([geometry.integrate(s.odom[:n, :7].astype(np.float64)) for s in seqs])
-        )
-    ]
+    odometry = odometry_baseline(seqs)["per_sequence_ate_m"]
     still = [no_motion_metrics(s.stamps[:n], s.stamps[:n], s.gt[:n])["ate_rmse_m"] for s in seqs]
     baselines = {"odom": odometry, "images": still}
     out = {}

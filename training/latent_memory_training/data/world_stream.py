@@ -95,7 +95,8 @@ class RoomPool:
             start = time.perf_counter()
             room = job.result()
             self.waited_s += time.perf_counter() - start
-            assert index == self._have
+            if index != self._have:  # the queue is in index order by construction
+                raise RuntimeError(f"room {index} arrived where room {self._have} was due")
             self._rooms.append(room)
             self._have += 1
 

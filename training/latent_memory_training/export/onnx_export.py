@@ -24,6 +24,8 @@ from latent_memory_training.models.student import LocalisationModel
 REFERENCE_WIDTH = 640
 REFERENCE_INTRINSICS = (525.0, 525.0, 319.5, 239.5)
 OPSET = 18
+# The per-frame inputs of step.onnx, in order, before the state.
+OBSERVATION_INPUTS = ("image", "odom", "dt", "cues", "camera")
 
 
 class StepGraph(nn.Module):
@@ -78,6 +80,12 @@ def reference_camera() -> torch.Tensor:
     return torch.tensor(k, dtype=torch.float32)[None]
 
 
+def example_observation(model: LocalisationModel) -> dict[str, torch.Tensor]:
+    """One frame's observation for ``model.step``: the exporter's example inputs."""
+    n = len(OBSERVATION_INPUTS)
+    return dict(zip(OBSERVATION_INPUTS, example_inputs(model)[:n], strict=True))
+
+
 def model_intrinsics(width: int) -> list[float]:
     return list(cue_defs.scale_intrinsics(np.array(REFERENCE_INTRINSICS), width / REFERENCE_WIDTH))
 
@@ -119,7 +127,7 @@ def export_model(
         graph,
         example_inputs(model),
         out_dir / STEP_FILE,
-        ["image", "odom", "dt", "cues", "camera", *(f"state.{k}" for k in names)],
+        [*OBSERVATION_INPUTS, *(f"state.{k}" for k in names)],
         ["pose", "log_var", *(f"state_out.{k}" for k in names)],
     )
     init = model.initial_state(1)

@@ -81,9 +81,9 @@ def evaluate(
 
 def odometry_baseline(seqs: list[PreparedSequence]) -> dict:
     """The same metrics for integrating the wheel odometry alone."""
-    est = np.stack([geometry.integrate(s.odom[:, :7].astype(np.float64)) for s in seqs])
     n = min(len(s) for s in seqs)
-    rows = run_metrics(seqs, est[:, :n] if est.ndim == 3 else est)
+    est = np.stack([geometry.integrate(s.odom[:n, :7].astype(np.float64)) for s in seqs])
+    rows = run_metrics(seqs, est)
     return {k: float(np.mean([r[k] for r in rows])) for k in KEYS} | {
         "per_sequence_ate_m": [float(r["ate_rmse_m"]) for r in rows]
     }
