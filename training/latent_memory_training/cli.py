@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -99,6 +100,9 @@ def _run_fit(args: argparse.Namespace) -> int:
             f"{train_cfg.distill_schedule} lambda {train_cfg.distill_weight})",
             flush=True,
         )
+    if isinstance(train, RoomPool):
+        # A stopped run (kill, a scheduler's SIGTERM) still stops its rendering workers.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         best = fit(
             train,

@@ -135,7 +135,7 @@ def observations(
     each run's first frame (with the wheel odometry, or without any)."""
     odom = np.stack([s.odom[t0:t1] for s in seqs])
     if not use_odom:
-        odom = np.broadcast_to(np.asarray(ODOM_NONE, np.float32), odom.shape)
+        odom = np.broadcast_to(np.asarray(ODOM_NONE, np.float32), odom.shape).copy()
     stamps = np.stack([s.stamps[max(t0 - 1, 0) : t1] for s in seqs])
     dt = np.diff(stamps, axis=1)
     if t0 == 0:
@@ -143,7 +143,7 @@ def observations(
     camera = np.stack([s.camera for s in seqs]).astype(np.float32)
     return {
         "image": normalise(torch.from_numpy(np.stack([s.images[t0:t1] for s in seqs]))),
-        "odom": torch.from_numpy(np.ascontiguousarray(odom)).float(),
+        "odom": torch.from_numpy(odom).float(),
         "dt": torch.from_numpy(dt[..., None]).float(),
         "cues": torch.from_numpy(np.stack([s.cues[t0:t1] for s in seqs])).float(),
         "camera": torch.from_numpy(camera)[:, None].expand(-1, t1 - t0, -1),

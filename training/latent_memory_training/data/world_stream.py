@@ -101,6 +101,9 @@ class RoomPool:
             self._have += 1
 
     def close(self) -> None:
-        for _, job in self._pending:
-            job.cancel()
+        """Stop the workers now, the room they are rendering included (shutdown alone
+        lets a worker finish its room: minutes of a core after the trainer is gone)."""
+        workers = list((self._executor._processes or {}).values())  # no public handle
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for process in workers:
+            process.terminate()
