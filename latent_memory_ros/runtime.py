@@ -317,18 +317,9 @@ class StudentRuntime:
             raise ValueError(f"intrinsics must be 4 finite numbers with fx, fy > 0, got {k}")
         if width < 2 or height < 2:
             raise ValueError(f"camera size {width}x{height} too small")
-        self._camera_norm = cues.normalised_intrinsics(k, width, height)
-        self._camera_feed = self._camera_norm.astype(np.float32)[None]
-        self._cue_intrinsics_for: dict[tuple[int, int], np.ndarray] = {}
-
-    def _frame_cue_intrinsics(self, width: int, height: int) -> np.ndarray:
-        k = self._cue_intrinsics_for.get((width, height))
-        if k is None:
-            fx, fy, cx, cy = self._camera_norm
-            at_size = np.array([fx * width, fy * height, cx * width - 0.5, cy * height - 0.5])
-            k = cues.cue_intrinsics(at_size, width, height, self._cue_config)
-            self._cue_intrinsics_for[(width, height)] = k
-        return k
+        self._camera_feed = cues.normalised_intrinsics(k, width, height).astype(np.float32)[None]
+        # Every frame is resized to the cue resolution, so its size does not matter here.
+        self._camera_cue_intrinsics = cues.cue_intrinsics(k, width, height, self._cue_config)
 
     @property
     def input_camera(self) -> tuple[int, int, tuple[float, float, float, float]]:
@@ -407,8 +398,9 @@ class StudentRuntime:
         names = self.spec.inputs_optional
         if "cues" in names:
             gray = cues.to_gray(rgb, self._cue_config)
-            k = self._frame_cue_intrinsics(rgb.shape[1], rgb.shape[0])
-            feed["cues"] = cues.two_view_cues(self._prev_gray, gray, k, self._cue_config)[None]
+            feed["cues"] = cues.two_view_cues(
+                self._prev_gray, gray, self._camera_cue_intrinsics, self._cue_config
+            )[None]
             self._prev_gray = gray
         if "odom" in names:
             if odom_motion is None:

@@ -51,17 +51,7 @@ def _training_data(args: argparse.Namespace, train_cfg, size: tuple[int, int]):
         if args.resume is not None:
             step = int(torch.load(args.resume, map_location="cpu", weights_only=False)["step"])
         print(f"rendering fresh rooms ({world.workers} workers, {world.cameras} cameras) ...")
-        return RoomPool(
-            train_cfg.seed,
-            world.frames,
-            size,
-            pool=world.pool,
-            warm=world.warm,
-            room_every=world.room_every,
-            workers=world.workers,
-            cameras=world.cameras,
-            step=step,
-        )
+        return RoomPool(train_cfg.seed, size, world, step=step)
     if args.data is None:
         print("error: give --data (a folder of cached renders) or --world", file=sys.stderr)
         return None

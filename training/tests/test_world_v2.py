@@ -17,6 +17,7 @@ from latent_memory_training.data.world_stream import RoomPool
 from latent_memory_training.export.onnx_export import reference_camera
 from latent_memory_training.models.config import ModelConfig
 from latent_memory_training.models.student import LocalisationModel
+from latent_memory_training.training.config import WorldConfig
 
 TINY = (64, 48)
 
@@ -77,8 +78,9 @@ def test_v2_odometry_sometimes_hardly_drifts_and_drifts_per_second() -> None:
 
 
 def test_room_pool_is_a_function_of_seed_and_step() -> None:
-    kwargs = dict(seed=4, frames=16, net_size=(32, 24), render_size=TINY, pool=3, warm=2)
-    a = RoomPool(**kwargs, room_every=2)
+    world = WorldConfig(frames=16, pool=3, warm=2, room_every=2)
+    kwargs = dict(seed=4, net_size=(32, 24), world=world, render_size=TINY)
+    a = RoomPool(**kwargs)
     try:
         assert [s.name for s in a.sequences()] == ["train_000", "train_001"]
         a.advance(4)  # newest = warm - 1 + 4 // 2 = 3; the pool keeps the newest 3
@@ -87,7 +89,7 @@ def test_room_pool_is_a_function_of_seed_and_step() -> None:
         assert np.isfinite(a.waited_s)
     finally:
         a.close()
-    resumed = RoomPool(**kwargs, room_every=2, step=4)  # what --resume builds
+    resumed = RoomPool(**kwargs, step=4)  # what --resume builds
     try:
         assert [s.name for s in resumed.sequences()] == names
         np.testing.assert_array_equal(resumed.sequences()[-1].images, a.sequences()[-1].images)

@@ -16,14 +16,15 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from .render import BASE_FOCAL, BASE_SIZE
+
 HFOV_RANGE_DEG = (45.0, 100.0)
 FPS_CHOICES = (10.0, 15.0, 20.0, 30.0, 30.0, 60.0)  # 30 Hz twice: the most common rate
-REFERENCE_FOCAL_640 = 525.0
 
 
 @dataclass(frozen=True)
 class CameraProfile:
-    hfov_deg: float = math.degrees(2 * math.atan(320.0 / REFERENCE_FOCAL_640))
+    hfov_deg: float = math.degrees(2 * math.atan(BASE_SIZE[0] / 2 / BASE_FOCAL))
     principal_offset: tuple[float, float] = (0.0, 0.0)  # of cx, cy, as a share of W, H
     fps: float = 30.0
     exposure: float = 1.0  # overall gain (lighting times exposure time times gain)

@@ -19,6 +19,7 @@ from multiprocessing import get_context
 
 from latent_memory_training.data.generate import render_sequence
 from latent_memory_training.data.prepare import PreparedSequence, prepare
+from latent_memory_training.training.config import WorldConfig
 
 
 def prepared_room(
@@ -41,19 +42,18 @@ class RoomPool:
     def __init__(
         self,
         seed: int,
-        frames: int,
         net_size: tuple[int, int],
+        world: WorldConfig,
         render_size: tuple[int, int] = (320, 240),
-        pool: int = 16,
-        warm: int = 4,
-        room_every: int = 10,
-        workers: int = 1,
-        cameras: str = "random",
         step: int = 0,
     ) -> None:
+        """``world`` says how many frames a room has, how many rooms the pool holds and
+        warms up with, how often a new one enters, how many workers render and with
+        which cameras; ``step`` is the step the trainer starts at (a resumed run's)."""
+        pool, warm, room_every, workers = world.pool, world.warm, world.room_every, world.workers
         if pool < 1 or warm < 1 or room_every < 1 or workers < 1:
             raise ValueError("pool, warm, room_every and workers must be at least 1")
-        self.args = (seed, frames, tuple(render_size), tuple(net_size), cameras)
+        self.args = (seed, world.frames, tuple(render_size), tuple(net_size), world.cameras)
         self.pool, self.warm, self.room_every = pool, min(warm, pool), room_every
         self.waited_s = 0.0
         self._rooms: deque[PreparedSequence] = deque(maxlen=pool)

@@ -21,7 +21,7 @@ from latent_memory_training.models.config import IMAGE_MEAN, IMAGE_STD
 from latent_memory_training.models.student import LocalisationModel
 
 # The synthetic world's camera (world.md), scaled to the network's input size.
-REFERENCE_WIDTH = 640
+REFERENCE_WIDTH, REFERENCE_HEIGHT = 640, 480
 REFERENCE_INTRINSICS = (525.0, 525.0, 319.5, 239.5)
 OPSET = 18
 # The per-frame inputs of step.onnx, in order, before the state.
@@ -76,7 +76,9 @@ def example_inputs(model: LocalisationModel) -> tuple[torch.Tensor, ...]:
 
 def reference_camera() -> torch.Tensor:
     """``[1, 4]`` normalised intrinsics of the world's reference camera."""
-    k = cue_defs.normalised_intrinsics(np.array(REFERENCE_INTRINSICS), REFERENCE_WIDTH, 480)
+    k = cue_defs.normalised_intrinsics(
+        np.array(REFERENCE_INTRINSICS), REFERENCE_WIDTH, REFERENCE_HEIGHT
+    )
     return torch.tensor(k, dtype=torch.float32)[None]
 
 
