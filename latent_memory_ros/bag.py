@@ -1,27 +1,43 @@
 """Read a recorded run from a ROS 2 bag (mcap or sqlite3) without a ROS installation.
 
-``read_run`` makes one pass over the bag for everything small (stamps, poses, odometry,
-static transforms, intrinsics) and keeps the images on disk: ``BagRun.images()`` opens the
-bag again and decodes one frame at a time, so a long 640x480 run never sits in memory.
+``read_run`` makes one pass over the bag for everything small (stamps, image sizes, poses,
+odometry, transforms, intrinsics) and keeps the images on disk: ``BagRun.images()`` opens
+the bag again and decodes one frame at a time, so a long 640x480 run never sits in memory.
+Frames are decoded by :mod:`latent_memory_ros.images`, the node's own decoder (Image in
+every encoding the node takes, CompressedImage as JPEG or PNG).
+
+Ground truth and odometry come from a pose topic (PoseStamped, PoseWithCovarianceStamped,
+Odometry, TransformStamped) or from a chain of TF transforms between two named frames
+(``gt_frames=("world", "robot")`` for motion capture, ``("map", "base_link")`` for a SLAM
+run, ``odom_frames=("odom", "base_link")``). What cannot be read (a truncated bag, a
+topic that is not there, stamps that repeat or go back, a frame size that changes) raises
+an error naming the bag and the topic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from rosbags.highlevel import AnyReader
-from rosbags.image import message_to_cvimage
-from rosbags.image.image import to_cvtype
+from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.interfaces import Connection
 from rosbags.typesys import Stores, get_typestore
 
 from latent_memory_ros import geometry
-from latent_memory_ros.images import PinholeCamera
+from latent_memory_ros.images import (
+    FrameError,
+    PinholeCamera,
+    compressed_msg_to_rgb,
+    compressed_size,
+    image_msg_to_rgb,
+    validate_image_msg,
+)
 from latent_memory_ros.images import camera_info_topic as camera_info_topic_beside
+from latent_memory_ros.tracks import DatasetError, Track, check_increasing
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 POSE_TYPES = (
@@ -45,23 +61,16 @@ class BagTopicError(LookupError):
         return str(self.args[0])
 
 
-class Track(NamedTuple):
-    """Poses in time: ``stamps`` (N,) seconds and ``poses`` (N, 7) xyz_qxyzw."""
+class BagReadError(DatasetError):
+    """A bag whose storage cannot be read (truncated, corrupt) or whose messages
+    disagree with each other; the message names the bag and the topic."""
 
-    stamps: np.ndarray
-    poses: np.ndarray
 
-    def at(self, stamps: np.ndarray, max_dt: float = np.inf) -> np.ndarray:
-        """The nearest-in-time pose for each of ``stamps``: ``(len(stamps), 7)``; rows with
-        no pose within ``max_dt`` seconds are NaN."""
-        stamps = np.asarray(stamps, dtype=np.float64)
-        out = np.full((len(stamps), 7), np.nan)
-        if len(self.stamps) == 0:
-            return out
-        nearest = _nearest(self.stamps, stamps)
-        ok = np.abs(self.stamps[nearest] - stamps) <= max_dt
-        out[ok] = self.poses[nearest[ok]]
-        return out
+class Distortion(NamedTuple):
+    """A camera_info's lens model: ``model`` (its ``distortion_model``) and ``d``."""
+
+    model: str
+    d: np.ndarray
 
 
 @dataclass
@@ -77,6 +86,10 @@ class BagRun:
     odom_child_frame: str  # the odometry's base frame, e.g. base_link
     base_to_camera: np.ndarray | None  # (7,) image frame in odom_child_frame
     intrinsics: PinholeCamera | None
+    distortion: Distortion | None = None  # from camera_info, None without one
+    image_size: tuple[int, int] | None = None  # (width, height), the same for every frame
+    gt_child_frame: str = ""  # the frame the ground truth is the pose of, "" if unnamed
+    static: dict[str, tuple[str, np.ndarray]] | None = None  # /tf_static: child -> parent, pose
 
     def __len__(self) -> int:
         return len(self.image_stamps)
@@ -88,9 +101,16 @@ class BagRun:
             return
         with _open(self.path) as reader:
             connections = _connections(reader, self.path, self.image_topic, IMAGE_TYPES)
-            for count, (conn, _, raw) in enumerate(reader.messages(connections), start=1):
+            messages = _messages(reader, self.path, connections)
+            for count, (conn, _, raw) in enumerate(messages, start=1):
                 msg = reader.deserialize(raw, conn.msgtype)
-                yield _stamp(msg.header), _to_rgb(msg)
+                try:
+                    rgb = _to_rgb(msg, conn.msgtype)
+                except FrameError as err:
+                    raise BagReadError(
+                        f"bag {self.path}, topic {self.image_topic}, message {count - 1}: {err}"
+                    ) from err
+                yield _stamp(msg.header), rgb
                 if count >= limit:
                     return
 
@@ -111,6 +131,10 @@ def read_run(
     odom_topic: str | None = None,
     camera_info_topic: str | None = None,
     tf_static_topic: str = "/tf_static",
+    *,
+    gt_frames: tuple[str, str] | None = None,
+    odom_frames: tuple[str, str] | None = None,
+    tf_topic: str = "/tf",
 ) -> BagRun:
     """Read everything but the pixels of one run from a ROS 2 bag.
 
@@ -118,14 +142,32 @@ def read_run(
     bag has one. ``base_to_camera`` chains the static transforms from the image frame up to
     the odometry's child frame (or to the root of the static tree without odometry); it is
     None when the bag has no static transform for the image frame.
+
+    Instead of ``gt_topic`` / ``odom_topic``, ``gt_frames`` / ``odom_frames`` name a
+    ``(parent, child)`` pair of frames joined by transforms on ``tf_topic`` (and
+    ``tf_static_topic``): the track is the chain's pose at the stamps of its busiest
+    transform, the others interpolated there.
+
+    Raises :class:`BagTopicError` for a topic that is not there (listing those that are),
+    :class:`BagReadError` for a bag that cannot be read, image stamps that repeat or go
+    back, a frame that cannot be decoded or changes size, and :class:`DatasetError` for
+    pose stamps that repeat or go back or a TF chain that does not join the frames.
     """
     path = Path(bag_dir)
+    if gt_topic and gt_frames:
+        raise ValueError("give the ground truth as gt_topic or as gt_frames, not both")
+    if odom_topic and odom_frames:
+        raise ValueError("give the odometry as odom_topic or as odom_frames, not both")
     with _open(path) as reader:
         image_conns = _connections(reader, path, image_topic, IMAGE_TYPES)
         gt_conns = _connections(reader, path, gt_topic, POSE_TYPES) if gt_topic else []
         odom_conns = _connections(reader, path, odom_topic, POSE_TYPES) if odom_topic else []
+        tf_conns = (
+            _connections(reader, path, tf_topic, (TF_TYPE,)) if gt_frames or odom_frames else []
+        )
         if camera_info_topic is None:
-            sibling = camera_info_topic_beside(image_topic)
+            # image_transport: /camera/image_raw/compressed has /camera/camera_info too.
+            sibling = camera_info_topic_beside(image_topic.removesuffix("/compressed"))
             if any(c.topic == sibling for c in reader.connections):
                 camera_info_topic = sibling
         info_conns = (
@@ -133,50 +175,88 @@ def read_run(
             if camera_info_topic
             else []
         )
-        tf_conns = [
+        static_conns = [
             c for c in reader.connections if c.topic == tf_static_topic and c.msgtype == TF_TYPE
         ]
 
         image_stamps: list[float] = []
         image_frame_id = ""
+        image_size: tuple[int, int] | None = None
         poses: dict[str, list[tuple[float, np.ndarray]]] = {"gt": [], "odom": []}
-        odom_child_frame = ""
+        child_frames = {"gt": "", "odom": ""}
         intrinsics: PinholeCamera | None = None
+        distortion: Distortion | None = None
         static: dict[str, tuple[str, np.ndarray]] = {}
+        dynamic: dict[tuple[str, str], list[tuple[float, np.ndarray]]] = {}
         role = {c.id: "image" for c in image_conns}
         role |= {c.id: "gt" for c in gt_conns}
         role |= {c.id: "odom" for c in odom_conns}
         role |= {c.id: "info" for c in info_conns}
+        role |= {c.id: "static" for c in static_conns}
         role |= {c.id: "tf" for c in tf_conns}
-        wanted = image_conns + gt_conns + odom_conns + info_conns + tf_conns
-        for conn, _, raw in reader.messages(_unique(wanted)):
+        wanted = image_conns + gt_conns + odom_conns + info_conns + static_conns + tf_conns
+        for conn, _, raw in _messages(reader, path, _unique(wanted)):
             msg = reader.deserialize(raw, conn.msgtype)
             kind = role[conn.id]
             if kind == "image":
+                where = f"bag {path}, topic {image_topic}, message {len(image_stamps)}"
+                size = _frame_size(msg, conn.msgtype, where)
+                if image_size is not None and size != image_size:
+                    raise BagReadError(
+                        f"{where}: the frame is {size[0]}x{size[1]}, the ones before "
+                        f"{image_size[0]}x{image_size[1]}; the image size must not change "
+                        "within a run"
+                    )
+                image_size = size
                 image_stamps.append(_stamp(msg.header))
                 image_frame_id = image_frame_id or msg.header.frame_id
             elif kind in ("gt", "odom"):
                 poses[kind].append((_stamp(msg.header), _pose_of(msg, conn.msgtype)))
-                if kind == "odom":
-                    odom_child_frame = odom_child_frame or getattr(msg, "child_frame_id", "")
+                child_frames[kind] = child_frames[kind] or getattr(msg, "child_frame_id", "")
             elif kind == "info" and intrinsics is None:
                 intrinsics = PinholeCamera(
                     int(msg.width), int(msg.height), *(float(msg.k[i]) for i in (0, 4, 2, 5))
                 )
-            elif kind == "tf":
+                distortion = Distortion(
+                    str(msg.distortion_model), np.asarray(msg.d, dtype=np.float64)
+                )
+            elif kind == "static":
                 for tf in msg.transforms:
                     static[tf.child_frame_id] = (tf.header.frame_id, _transform_pose(tf.transform))
+            elif kind == "tf":
+                for tf in msg.transforms:
+                    edge = (tf.header.frame_id, tf.child_frame_id)
+                    dynamic.setdefault(edge, []).append(
+                        (_stamp(tf.header), _transform_pose(tf.transform))
+                    )
 
+    check_increasing(
+        np.asarray(image_stamps), lambda i: f"bag {path}, topic {image_topic}, message {i}"
+    )
+    tracks = {
+        kind: _track(poses[kind], f"bag {path}, topic {topic}")
+        for kind, topic in (("gt", gt_topic), ("odom", odom_topic))
+        if topic
+    }
+    for kind, frames in (("gt", gt_frames), ("odom", odom_frames)):
+        if frames:
+            tracks[kind] = _tf_chain_track(path, tf_topic, dynamic, static, *frames)
+            child_frames[kind] = frames[1]
+    odom_child_frame = child_frames["odom"]
     return BagRun(
         path=path,
         image_topic=image_topic,
         image_stamps=np.asarray(image_stamps, dtype=np.float64),
         image_frame_id=image_frame_id,
-        gt=_track(poses["gt"]) if gt_topic else None,
-        odom=_track(poses["odom"]) if odom_topic else None,
+        gt=tracks.get("gt"),
+        odom=tracks.get("odom"),
         odom_child_frame=odom_child_frame,
         base_to_camera=_chain(static, image_frame_id, odom_child_frame),
         intrinsics=intrinsics,
+        distortion=distortion,
+        image_size=image_size,
+        gt_child_frame=child_frames["gt"],
+        static=static,
     )
 
 
@@ -186,10 +266,50 @@ def bag_topics(bag_dir: str | Path) -> dict[str, str]:
         return {c.topic: c.msgtype for c in reader.connections}
 
 
-def _open(path: Path) -> AnyReader:
+def static_chain(
+    static: dict[str, tuple[str, np.ndarray]], parent: str, child: str
+) -> np.ndarray | None:
+    """``child``'s pose in ``parent`` through the static transforms (child -> (parent,
+    pose)), None when they do not lead from ``child`` up to ``parent``."""
+    pose = geometry.IDENTITY.copy()
+    frame, seen = child, set()
+    while frame != parent:
+        if frame not in static or frame in seen:  # not joined, or a malformed cycle
+            return None
+        seen.add(frame)
+        frame, link = static[frame]
+        pose = geometry.compose(link, pose)
+    return pose
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[AnyReader]:
+    """An open reader of the bag; a bag that cannot be opened raises BagReadError."""
     if not path.exists():
         raise FileNotFoundError(f"bag {path} does not exist")
-    return AnyReader([path], default_typestore=_TYPESTORE)
+    try:
+        reader = AnyReader([path], default_typestore=_TYPESTORE)
+        reader.open()
+    except AnyReaderError as err:
+        raise BagReadError(f"bag {path} cannot be read (truncated or corrupt?): {err}") from err
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _messages(
+    reader: AnyReader, path: Path, connections: Sequence[Connection]
+) -> Iterator[tuple[Connection, int, bytes]]:
+    """``reader.messages``, with a storage error (a bag cut off mid-recording) named."""
+    try:
+        yield from reader.messages(connections)
+    except (AnyReaderError, EOFError, OSError, ValueError) as err:
+        topics = ", ".join(sorted({c.topic for c in connections}))
+        raise BagReadError(
+            f"bag {path} ends before its last message (reading {topics}; truncated or "
+            f"corrupt?): {err}"
+        ) from err
 
 
 def _connections(
@@ -236,14 +356,56 @@ def _transform_pose(transform: Any) -> np.ndarray:
     return np.array([t.x, t.y, t.z, q.x, q.y, q.z, q.w])
 
 
-def _track(samples: list[tuple[float, np.ndarray]]) -> Track:
+def _track(samples: list[tuple[float, np.ndarray]], where: str) -> Track:
+    """The samples in the order they were recorded; their stamps must increase."""
     if not samples:
         return Track(np.zeros(0), np.zeros((0, 7)))
-    samples.sort(key=lambda s: s[0])
     stamps = np.array([s[0] for s in samples])
+    check_increasing(stamps, lambda i: f"{where}, message {i}")
     poses = np.stack([s[1] for s in samples])
     poses[:, 3:] = geometry.quat_normalize(poses[:, 3:])
     return Track(stamps, poses)
+
+
+def _tf_chain_track(
+    path: Path,
+    tf_topic: str,
+    dynamic: dict[tuple[str, str], list[tuple[float, np.ndarray]]],
+    static: dict[str, tuple[str, np.ndarray]],
+    parent: str,
+    child: str,
+) -> Track:
+    """``child`` in ``parent`` over time, composed along the TF tree (``tf_topic`` and
+    /tf_static), at the stamps of the chain's busiest transform."""
+    up: dict[str, tuple[str, Track | np.ndarray]] = {
+        c: (p, pose) for c, (p, pose) in static.items()
+    }
+    for (p, c), samples in dynamic.items():
+        up[c] = (p, _track(samples, f"bag {path}, topic {tf_topic}, transform {p} -> {c}"))
+    chain: list[Track | np.ndarray] = []
+    frame = child
+    while frame != parent:
+        if frame not in up or len(chain) > len(up):
+            frames = ", ".join(sorted({f"{p} -> {c}" for c, (p, _) in up.items()}))
+            raise DatasetError(
+                f"bag {path}: no chain of transforms from {parent!r} to {child!r} on "
+                f"{tf_topic} and /tf_static; the transforms there are: {frames or 'none'}"
+            )
+        frame, link = up[frame]
+        chain.append(link)
+    moving = [link for link in chain if isinstance(link, Track)]
+    if not moving:
+        raise DatasetError(
+            f"bag {path}: the transforms from {parent!r} to {child!r} are all static "
+            f"(/tf_static); a pose track needs one on {tf_topic}"
+        )
+    stamps = max(moving, key=lambda t: len(t.stamps)).stamps
+    pose = np.broadcast_to(geometry.IDENTITY, (len(stamps), 7))
+    for link in chain:  # from child up: pose = link * pose
+        at = link.interpolate(stamps, np.inf) if isinstance(link, Track) else link
+        pose = geometry.compose(np.broadcast_to(at, (len(stamps), 7)), pose)
+    known = np.all(np.isfinite(pose), axis=1)
+    return Track(stamps[known], np.ascontiguousarray(pose[known]))
 
 
 def _chain(
@@ -263,21 +425,20 @@ def _chain(
     return pose
 
 
-def _nearest(sorted_stamps: np.ndarray, stamps: np.ndarray) -> np.ndarray:
-    right = np.clip(np.searchsorted(sorted_stamps, stamps), 1, max(len(sorted_stamps) - 1, 1))
-    left = right - 1
-    if len(sorted_stamps) == 1:
-        return np.zeros(len(stamps), dtype=int)
-    closer_right = np.abs(sorted_stamps[right] - stamps) < np.abs(stamps - sorted_stamps[left])
-    return np.where(closer_right, right, left)
+def _frame_size(msg: Any, msgtype: str, where: str) -> tuple[int, int]:
+    """(width, height) of an image message, from its header fields (Image) or its PNG /
+    JPEG header (CompressedImage), validated as the node validates a frame."""
+    try:
+        if msgtype == "sensor_msgs/msg/Image":
+            validate_image_msg(msg)
+            return int(msg.width), int(msg.height)
+        return compressed_size(msg)
+    except FrameError as err:
+        raise BagReadError(f"{where}: {err}") from err
 
 
-def _to_rgb(msg: Any) -> np.ndarray:
-    if hasattr(msg, "step"):
-        _, _, typestr, channels = to_cvtype(msg.encoding)
-        packed = msg.width * channels * np.dtype(typestr).itemsize
-        if msg.step != packed:
-            # rosbags-image assumes rows without padding; drop the padding first.
-            rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
-            msg = replace(msg, step=packed, data=np.ascontiguousarray(rows[:, :packed]).ravel())
-    return np.ascontiguousarray(message_to_cvimage(msg, "rgb8"), dtype=np.uint8)
+def _to_rgb(msg: Any, msgtype: str) -> np.ndarray:
+    """The node's decoding of an Image or CompressedImage (latent_memory_ros.images)."""
+    if msgtype == "sensor_msgs/msg/Image":
+        return np.ascontiguousarray(image_msg_to_rgb(msg), dtype=np.uint8)
+    return compressed_msg_to_rgb(msg)

@@ -372,6 +372,15 @@ def validate_compressed_msg(
     return payload, codec
 
 
+def compressed_size(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) that a sensor_msgs/CompressedImage declares in its PNG / JPEG
+    header, after the checks of :func:`validate_compressed_msg`; nothing is decoded."""
+    payload, codec = validate_compressed_msg(msg, max_pixels)
+    size = (_jpeg_size if codec == "jpeg" else _png_size)(memoryview(payload))
+    assert size is not None  # validate_compressed_msg refuses a header without one
+    return int(size[0]), int(size[1])
+
+
 def compressed_msg_to_rgb(
     msg: Any,
     *,
@@ -668,6 +677,7 @@ __all__ = [
     "camera_info_topic",
     "check_camera_info",
     "compressed_msg_to_rgb",
+    "compressed_size",
     "image_msg_to_rgb",
     "validate_compressed_msg",
     "validate_image_msg",
