@@ -106,6 +106,7 @@ NODE_NAME = "latent_memory_node"
 LIFECYCLE_NODE_NAME = "latent_memory_lifecycle_node"
 PACKAGE = "latent_memory_ros"
 DIAGNOSTICS_PERIOD_S = 1.0
+PATH_FLUSH_PERIOD_S = 0.1  # how soon a path held back by path_period_s goes out once due
 STEP_TIME_WINDOW = 1000
 LEVELS = {
     TrackingState.OK: DiagnosticStatus.OK,
@@ -169,17 +170,122 @@ class _Frame:
 class _Counters:
     received: int = 0
     processed: int = 0
-    dropped: int = 0
+    dropped: int = 0  # replaced in the node's own slot by a newer frame
+    missing: int = 0  # never reached the node: gaps in the stamps of those that did
     rejected: int = 0
     paused: int = 0
+    without_odometry: int = 0  # processed without odometry while use_odom is on
     resets: int = 0
     jitter: int = 0
+    odometry_late: int = 0  # samples that came after their frame had run without them
     queries: int = 0  # answered
     queries_rejected: int = 0
 
 
 # Counters that /diagnostics does not prefix with "frames_".
-_NOT_FRAME_COUNTERS = ("resets", "jitter", "queries", "queries_rejected")
+_NOT_FRAME_COUNTERS = ("resets", "jitter", "odometry_late", "queries", "queries_rejected")
+
+
+class StampGaps:
+    """Frames that never arrived, told by the stamps of those that did.
+
+    The camera's period is a low percentile of the recent intervals between arriving
+    stamps, so it holds while most frames are lost at random; an interval of n periods
+    then hides n - 1 frames. Intervals beyond ``max_gap_ns`` (a pause, a time jump) and
+    stamps that go back start over rather than count."""
+
+    WINDOW = 1000  # intervals
+    PERCENTILE = 10
+    MIN_INTERVALS = 8
+    REFRESH = 25  # intervals between re-estimates of the period
+
+    def __init__(self) -> None:
+        self._intervals: deque[int] = deque(maxlen=self.WINDOW)
+        self._last_ns: int | None = None
+        self._period_ns: float | None = None
+        self._since_refresh = 0
+
+    @property
+    def period_s(self) -> float | None:
+        return None if self._period_ns is None else self._period_ns * 1e-9
+
+    def missing(self, stamp_ns: int, max_gap_ns: int) -> int:
+        """How many frames are missing just before the one stamped ``stamp_ns``."""
+        last = self._last_ns
+        if last is not None and stamp_ns == last:
+            return 0
+        self._last_ns = stamp_ns
+        if last is None:
+            return 0
+        interval = stamp_ns - last
+        if interval < 0 or (max_gap_ns > 0 and interval > max_gap_ns):
+            self._intervals.clear()
+            self._period_ns, self._since_refresh = None, 0
+            return 0
+        self._intervals.append(interval)
+        self._since_refresh += 1
+        if len(self._intervals) >= self.MIN_INTERVALS and (
+            self._period_ns is None or self._since_refresh >= self.REFRESH
+        ):
+            self._period_ns = float(np.percentile(self._intervals, self.PERCENTILE))
+            self._since_refresh = 0
+        if not self._period_ns:
+            return 0
+        # A quarter period of slack each way: a jittery interval of 1.7 periods is one
+        # late frame, not a lost one.
+        return max(0, int(interval / self._period_ns + 0.25) - 1)
+
+
+class OdometryTiming:
+    """When odometry samples arrive and how they are stamped, to bound how long a frame
+    waits for one: the next sample comes about one arrival period after the last."""
+
+    WINDOW = 32
+    # A sample this close to a frame's stamp (as a fraction of the odometry period) is
+    # a match: using it instead of interpolating moves the pose by that fraction of one
+    # odometry step at most.
+    NEAR_FRACTION = 0.1
+    MARGIN_S = 0.005
+
+    def __init__(self) -> None:
+        self._stamps: deque[int] = deque(maxlen=self.WINDOW)
+        self._arrivals: deque[float] = deque(maxlen=self.WINDOW)
+
+    def add(self, stamp_ns: int, arrived: float) -> None:
+        self._stamps.append(stamp_ns)
+        self._arrivals.append(arrived)
+
+    def clear(self) -> None:
+        self._stamps.clear()
+        self._arrivals.clear()
+
+    @staticmethod
+    def _median_step(values: deque) -> float | None:
+        steps = np.diff(np.asarray(values, dtype=np.float64))
+        steps = steps[steps > 0]
+        return float(np.median(steps)) if len(steps) >= 3 else None
+
+    def has_match(self, stamp_ns: int) -> bool:
+        """A sample stamped at the frame's stamp, or within a tenth of a period of it."""
+        if stamp_ns in self._stamps:
+            return True
+        period = self._median_step(self._stamps)
+        if period is None:
+            return False
+        near = self.NEAR_FRACTION * period
+        return any(abs(s - stamp_ns) <= near for s in self._stamps)
+
+    def deadline(self, frame_arrived: float, tolerance_s: float) -> float:
+        """The time (time.monotonic) after which waiting for odometry is pointless: the
+        tolerance after the frame arrived, or two arrival periods after the last sample,
+        whichever is earlier (so a stopped odometry costs no frame a wait)."""
+        bound = frame_arrived + tolerance_s
+        period = self._median_step(self._arrivals)
+        if period is None:
+            return bound
+        return min(bound, self._arrivals[-1] + 2 * period + self.MARGIN_S)
+
+
 # The arrow marker's frame (x forward, REP 103) in the camera optical frame.
 _Q_OPTICAL_ARROW = geometry.matrix_to_quat(geometry.R_BODY_OPTICAL.T)
 QUERY_COLOUR = ColorRGBA(r=0.9, g=0.2, b=0.9, a=1.0)
@@ -209,6 +315,11 @@ class LocalisationCore:
         self._stopping = False
         self.counters = _Counters()
         self._step_ms: deque[float] = deque(maxlen=STEP_TIME_WINDOW)
+        self._stamp_gaps = StampGaps()
+        self._odom_timing = OdometryTiming()
+        # (stamp_ns, arrived) of recent frames that ran without odometry: a sample that
+        # comes for one later is counted (odometry_late) and said how late.
+        self._missed_odometry: deque[tuple[int, float]] = deque(maxlen=64)
         self._enabled = True
         self._warned: set[str] = set()
         self._warned_at: dict[str, float] = {}
@@ -332,6 +443,8 @@ class LocalisationCore:
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         # A steady clock keeps diagnostics flowing while simulated time is paused.
         self._timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, None, steady)
+        self._path_sent, self._path_sent_at = True, -np.inf
+        self._timer(PATH_FLUSH_PERIOD_S, self._flush_path, control, steady)
 
         self._tf_broadcaster = None
         self._tf_buffer = None
@@ -470,6 +583,8 @@ class LocalisationCore:
                 setattr(config, p.name, p.value)
             elif p.name == "publish_path":
                 self._publish_path = p.value
+            elif p.name == "path_period_s":
+                self._path_period_s = p.value
             elif p.name == "path_max_length":
                 self._path = deque(getattr(self, "_path", ()), maxlen=p.value)
             elif p.name == "warn_throttle_s":
@@ -480,8 +595,11 @@ class LocalisationCore:
     # Inputs (input group: only queue) --------------------------------------------------
 
     def _on_image(self, msg: Any) -> None:
+        stamp = stamp_ns(msg.header.stamp)
+        max_gap_ns = int(self.localizer.config.max_gap_s * 1e9)
         with self._frames_lock:
             self.counters.received += 1
+            self.counters.missing += self._stamp_gaps.missing(stamp, max_gap_ns)
             if not self._enabled:
                 self.counters.paused += 1
                 return
@@ -493,16 +611,36 @@ class LocalisationCore:
         except images.FrameError as err:
             self._reject(msg, err)
             return
-        frame = _Frame(msg, stamp_ns(msg.header.stamp), time.monotonic())
+        frame = _Frame(msg, stamp, time.monotonic())
         with self._frames:
             self._pending.append(frame)
             self._frames.notify()
 
     def _on_odom(self, msg: Odometry) -> None:
-        self.localizer.add_odometry(stamp_ns(msg.header.stamp), pose_from_msg(msg.pose.pose))
+        stamp, now = stamp_ns(msg.header.stamp), time.monotonic()
+        self.localizer.add_odometry(stamp, pose_from_msg(msg.pose.pose))
+        late = None
         with self._frames:
+            self._odom_timing.add(stamp, now)
+            tolerance_ns = int(self.localizer.config.odom_tolerance_s * 1e9)
+            # The frame it was nearest to: the latest one stamped at or before it.
+            for missed in self._missed_odometry:
+                if 0 <= stamp - missed[0] <= tolerance_ns and (late is None or missed > late):
+                    late = missed
+            if late is not None:
+                self._missed_odometry.remove(late)
+                self.counters.odometry_late += 1
             if self._pending:
                 self._frames.notify()
+        if late is not None:
+            self._warn(
+                "odometry_late",
+                f"odometry stamped {stamp * 1e-9:.3f} came {now - late[1]:.3f} s after its "
+                f"frame (stamped {late[0] * 1e-9:.3f}), which had run without it. Odometry "
+                "published just before a large image by the same process is delayed when "
+                "the image does not fit Fast DDS shared memory: give the publisher the "
+                "profile config/fastdds.xml (README, 'QoS and latency')",
+            )
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
@@ -526,17 +664,21 @@ class LocalisationCore:
         if not self._pending:
             return None, None
         frame = self._pending[0]
-        waited = time.monotonic() - frame.arrived
-        tolerance = self.localizer.config.odom_tolerance_s
         if (
             len(self._pending) == 1
             and self._use_odom
             and not self.localizer.odometry_covers(frame.stamp_ns)
-            and waited <= tolerance
+            and not self._odom_timing.has_match(frame.stamp_ns)
         ):
-            # Odometry stamped with this image is usually a moment behind it on the wire.
-            frame.held = True
-            return None, tolerance - waited + 1e-3
+            # Odometry stamped with this image is usually a moment behind it on the wire:
+            # wait for it, but no longer than the odometry's rate makes necessary.
+            deadline = self._odom_timing.deadline(
+                frame.arrived, self.localizer.config.odom_tolerance_s
+            )
+            now = time.monotonic()
+            if now < deadline:
+                frame.held = True
+                return None, deadline - now + 1e-3
         return self._pending.popleft(), None
 
     def _run_worker(self) -> None:
@@ -577,6 +719,9 @@ class LocalisationCore:
                     self.counters.resets += 1
                 elif kind == "jitter":
                     self.counters.jitter += 1
+                elif kind == "no_odometry":
+                    self.counters.without_odometry += 1
+                    self._missed_odometry.append((frame.stamp_ns, frame.arrived))
         for kind, text in estimate.events:
             self._warn(kind, text)
         if estimate.restart == "full":
@@ -767,13 +912,36 @@ class LocalisationCore:
             )
 
         self._path.append(pose_stamped)
-        # Re-sending up to path_max_length poses each frame is the costly part; skip it
-        # when nobody listens or it is switched off.
-        if self._publish_path and self._path_pub.get_subscription_count() > 0:
-            self._path_pub.publish(PathMsg(header=header, poses=list(self._path)))
+        self._path_sent = False
         self._status_pub.publish(self._status(estimate))
         if self._markers_pub.get_subscription_count() > 0:
             self._markers_pub.publish(self._markers(header, estimate))
+        # After this frame's outputs, so its latency never pays for the path.
+        self._publish_path_if_due()
+
+    def _publish_path_if_due(self) -> None:
+        """Send ~/path at most every ``path_period_s``, and only when someone listens: it
+        re-sends up to path_max_length poses, the costly part of the outputs (2,000 poses
+        took 46 ms to serialise here, so one per frame capped the frame rate). With the
+        localizer lock held."""
+        now = time.monotonic()
+        if (
+            self._path_sent
+            or not self._path
+            or not self._publish_path
+            or now - self._path_sent_at < self._path_period_s
+            or self._path_pub.get_subscription_count() == 0
+        ):
+            return
+        latest = self._path[-1].header
+        self._path_pub.publish(PathMsg(header=latest, poses=list(self._path)))
+        self._path_sent, self._path_sent_at = True, now
+
+    def _flush_path(self) -> None:
+        """The steady timer's share: the last poses of a run that stopped still go out."""
+        with self._lock:
+            if self.localizer is not None:
+                self._publish_path_if_due()
 
     def _status(self, estimate: Estimate) -> DiagnosticStatus:
         values = {
@@ -814,6 +982,7 @@ class LocalisationCore:
         with self._frames_lock:
             counters = dict(vars(self.counters))
             times = list(self._step_ms)
+            period = self._stamp_gaps.period_s
         tracking = self._last_estimate.tracking if self._last_estimate else TrackingState.OK
         status = DiagnosticStatus(
             name=f"{self.node.get_name()}: runtime", hardware_id=runtime.spec.name
@@ -832,6 +1001,8 @@ class LocalisationCore:
             "tracking": tracking.name,
             "enabled": str(self._enabled).lower(),
             **{f"frames_{k}": v for k, v in counters.items() if k not in _NOT_FRAME_COUNTERS},
+            "odometry_late": counters["odometry_late"],
+            "camera_period_s": f"{period:.4g}" if period else "unknown",
             "memory_resets": counters["resets"],
             "jitter_warnings": counters["jitter"],
             "step_ms_p50": f"{p50:.2f}",

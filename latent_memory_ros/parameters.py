@@ -123,8 +123,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _float(
         "odom_tolerance_s",
         0.1,
-        "How long a frame waits for odometry stamped at or after it, and the largest gap "
-        "to the nearest odometry sample for it to be used.",
+        "The longest a frame waits for odometry stamped at or after it (it waits no longer "
+        "than two odometry periods after the last sample came, and not at all when one is "
+        "stamped within a tenth of a period of it), and the largest gap to the nearest "
+        "odometry sample for it to be used.",
         10.0,
     ),
     # Frames (REP 105).
@@ -221,6 +223,15 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "Poses kept in ~/path (oldest dropped first).",
         read_only=False,
         int_range=(1, 1_000_000),
+    ),
+    _float(
+        "path_period_s",
+        1.0,
+        "Least time between two ~/path messages (0: one per frame). Each carries up to "
+        "path_max_length poses: 2,000 took the node 46 ms to send here, so one per frame "
+        "capped the frame rate.",
+        3600.0,
+        read_only=False,
     ),
     _float(
         "warn_throttle_s",

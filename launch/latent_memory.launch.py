@@ -34,10 +34,19 @@ LIFECYCLE_EXECUTABLE = "latent_memory_lifecycle_node"
 LIFECYCLE_NODE_NAME = "latent_memory_lifecycle_node"
 PARAMS_FILE = ("config", "latent_memory.yaml")
 RVIZ_CONFIG = ("config", "latent_memory.rviz")
+FASTDDS_PROFILE = ("config", "fastdds.xml")
+FASTDDS_PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 BOOLEAN = ["true", "false"]
 KEEP = ""  # a parameter argument left empty keeps params_file's value
 # Arguments of this file rather than of the node.
-LAUNCH_ARGUMENTS = ("params_file", "use_sim_time", "lifecycle", "namespace", "rviz")
+LAUNCH_ARGUMENTS = (
+    "params_file",
+    "use_sim_time",
+    "lifecycle",
+    "namespace",
+    "rviz",
+    "fastdds_profile",
+)
 
 
 def node_parameters() -> tuple[Any, ...]:
@@ -130,6 +139,17 @@ def rviz_config(shipped: str, node: str, fixed_frame: str | None) -> str:
     return path
 
 
+def fastdds_environment(argument: str, shipped: str, environ: dict[str, str]) -> dict[str, str]:
+    """The Fast DDS profile variable for the started processes: the ``fastdds_profile``
+    argument's file, ``none`` for none, or (empty) the shipped profile unless the
+    environment already names one (a profile of the user's own wins)."""
+    if argument == "none" or (
+        not argument and any(environ.get(v) for v in FASTDDS_PROFILE_VARIABLES)
+    ):
+        return {}
+    return {"FASTDDS_DEFAULT_PROFILES_FILE": argument or shipped}
+
+
 def _launch_nodes(context, *args, **kwargs):
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
@@ -152,6 +172,10 @@ def _launch_nodes(context, *args, **kwargs):
                 ParameterValue(typed, value_type=str) if isinstance(typed, str) else typed
             )
     name = LIFECYCLE_NODE_NAME if lifecycle else NODE_NAME
+    share = FindPackageShare(PACKAGE).perform(context)
+    environment = fastdds_environment(
+        value("fastdds_profile"), os.path.join(share, *FASTDDS_PROFILE), dict(os.environ)
+    )
     nodes = [
         Node(
             package=PACKAGE,
@@ -161,10 +185,10 @@ def _launch_nodes(context, *args, **kwargs):
             output="screen",
             emulate_tty=True,
             parameters=[value("params_file"), overrides],
+            additional_env=environment,
         )
     ]
     if value("rviz") == "true":
-        share = FindPackageShare(PACKAGE).perform(context)
         config = rviz_config(
             os.path.join(share, *RVIZ_CONFIG),
             "/" + "/".join(part for part in (namespace, name) if part),
@@ -178,6 +202,7 @@ def _launch_nodes(context, *args, **kwargs):
                 arguments=["-d", config],
                 parameters=[{"use_sim_time": use_sim_time}],
                 output="screen",
+                additional_env=environment,
             )
         )
     return nodes
@@ -223,6 +248,15 @@ def generate_launch_description():
             choices=BOOLEAN,
             description="Also start RViz2 with the shipped config (path, odometry with "
             "covariance, tracking state, query poses, TF).",
+        ),
+        DeclareLaunchArgument(
+            "fastdds_profile",
+            default_value="",
+            description="Fast DDS XML profile for the started processes "
+            "(FASTDDS_DEFAULT_PROFILES_FILE). Empty: the shipped config/fastdds.xml (32 MB "
+            "shared-memory segments, so 640x480 and larger images are not fragmented over "
+            "UDP), unless the environment already sets a profile; none: no profile. The "
+            "camera driver's process needs it too: the publisher's segment is the one used.",
         ),
     ]
     parameter_arguments = [

@@ -37,7 +37,14 @@ NODE_SOURCE = REPO / "latent_memory_ros" / "node.py"
 SHIPPED_PARAMS = str(REPO / "config" / "latent_memory.yaml")
 SHIPPED_RVIZ = str(REPO / "config" / "latent_memory.rviz")
 # Arguments of the launch file itself; every node parameter is one too.
-LAUNCH_ARGUMENTS = {"params_file", "use_sim_time", "lifecycle", "namespace", "rviz"}
+LAUNCH_ARGUMENTS = {
+    "params_file",
+    "use_sim_time",
+    "lifecycle",
+    "namespace",
+    "rviz",
+    "fastdds_profile",
+}
 BOOLEAN = ["true", "false"]
 SPECS = {p.name: p for p in PARAMETERS}
 
@@ -338,6 +345,30 @@ def test_defaults_start_the_plain_node_with_params_file_alone(fake_launch: FakeL
     assert node["parameters"] == [SHIPPED_PARAMS, {"use_sim_time": False}]
     overrides = fake_launch.overrides(use_sim_time="true")
     assert overrides == {"use_sim_time": True}
+
+
+def test_the_shipped_fastdds_profile_is_set_unless_the_user_has_one(
+    fake_launch: FakeLaunch, monkeypatch: pytest.MonkeyPatch, setup_kwargs: dict[str, Any]
+) -> None:
+    """Issue 12 finding 5: large frames need Fast DDS shared-memory segments bigger than
+    the default 512 KB; the launch file gives its processes the shipped profile."""
+    for variable in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+        monkeypatch.delenv(variable, raising=False)
+    shipped = str(REPO / "config" / "fastdds.xml")
+    assert "config/fastdds.xml" in installed(setup_kwargs, f"{SHARE}/config")
+    profile = ET.parse(shipped).getroot()  # well-formed, and what it says it is
+    namespace = "{http://www.eprosima.com}"
+    segment = profile.find(f".//{namespace}transport_descriptor/{namespace}segment_size")
+    assert int(segment.text) >= 16 * 640 * 480 * 3
+    nodes = fake_launch.run(rviz="true")
+    assert [n.kwargs["additional_env"] for n in nodes] == [
+        {"FASTDDS_DEFAULT_PROFILES_FILE": shipped}
+    ] * 2
+    assert fake_launch.node(fastdds_profile="none").kwargs["additional_env"] == {}
+    mine = fake_launch.node(fastdds_profile="/etc/mine.xml").kwargs["additional_env"]
+    assert mine == {"FASTDDS_DEFAULT_PROFILES_FILE": "/etc/mine.xml"}
+    monkeypatch.setenv("FASTRTPS_DEFAULT_PROFILES_FILE", "/etc/theirs.xml")
+    assert fake_launch.node().kwargs["additional_env"] == {}
 
 
 def test_lifecycle_starts_the_lifecycle_executable(
