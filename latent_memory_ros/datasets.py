@@ -33,6 +33,7 @@ Layouts read (``detect_format`` tells them apart):
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from collections.abc import Callable, Iterator
@@ -701,4 +702,86 @@ def read_bag(path: Path, options: ReadOptions = ReadOptions()) -> Sequence:
                 else None
             ),
         },
+    )
+
+
+# --- command lines ----------------------------------------------------------------------------
+
+
+def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say how to read runs (``--format``, the bag topics and frames, the
+    camera when the run lacks it); :func:`reader_options` turns them into options."""
+    group = parser.add_argument_group("reading recorded runs (rosbag2, TUM RGB-D, EuRoC, KITTI)")
+    group.add_argument("--format", choices=FORMATS, help="force the format (default: detected)")
+    group.add_argument("--image-topic", help="bags: Image or CompressedImage topic")
+    group.add_argument(
+        "--gt-topic",
+        help="bags: ground truth (PoseStamped, PoseWithCovarianceStamped, Odometry, "
+        "TransformStamped)",
+    )
+    group.add_argument(
+        "--gt-frames",
+        nargs=2,
+        metavar=("PARENT", "CHILD"),
+        help="bags: ground truth from the TF chain PARENT -> CHILD (e.g. world robot, map base_link)",
+    )
+    group.add_argument(
+        "--gt-frame",
+        help="bags: the frame the ground truth is the pose of (default: its child frame; "
+        "the camera for a PoseStamped)",
+    )
+    group.add_argument("--odom-topic", help="bags: wheel odometry (nav_msgs/Odometry)")
+    group.add_argument(
+        "--odom-frames",
+        nargs=2,
+        metavar=("PARENT", "CHILD"),
+        help="bags: wheel odometry from the TF chain PARENT -> CHILD (e.g. odom base_link)",
+    )
+    group.add_argument("--camera-info-topic", help="bags: default: camera_info beside the image")
+    group.add_argument(
+        "--base-to-camera",
+        type=float,
+        nargs=7,
+        metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
+        help="camera optical frame in the base frame (default: from /tf_static)",
+    )
+    group.add_argument(
+        "--intrinsics",
+        type=float,
+        nargs=4,
+        metavar=("FX", "FY", "CX", "CY"),
+        help="the camera, when the run does not carry it",
+    )
+    group.add_argument(
+        "--distortion", type=float, nargs="+", default=(), help="with --intrinsics: d coefficients"
+    )
+    group.add_argument(
+        "--distortion-model", default="plumb_bob", help="plumb_bob (radtan) or equidistant"
+    )
+    group.add_argument(
+        "--max-gap",
+        type=float,
+        default=0.2,
+        help="longest ground-truth gap (s) bridged by interpolation; frames in longer ones "
+        "are dropped",
+    )
+    group.add_argument("--kitti-camera", choices=("image_2", "image_0"), help="KITTI camera")
+
+
+def reader_options(args: argparse.Namespace) -> tuple[str | None, ReadOptions]:
+    """``(format or None, ReadOptions)`` from :func:`add_reader_arguments`' flags."""
+    return args.format, ReadOptions(
+        image_topic=args.image_topic,
+        gt_topic=args.gt_topic,
+        gt_frames=tuple(args.gt_frames) if args.gt_frames else None,
+        gt_frame=args.gt_frame,
+        odom_topic=args.odom_topic,
+        odom_frames=tuple(args.odom_frames) if args.odom_frames else None,
+        camera_info_topic=args.camera_info_topic,
+        base_to_camera=tuple(args.base_to_camera) if args.base_to_camera else None,
+        intrinsics=tuple(args.intrinsics) if args.intrinsics else None,
+        distortion=tuple(args.distortion),
+        distortion_model=args.distortion_model,
+        max_gap_s=args.max_gap,
+        kitti_camera=args.kitti_camera,
     )

@@ -35,11 +35,45 @@ def _dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = ""):
     return cls(**values)
 
 
-def _training_data(args: argparse.Namespace, train_cfg, size: tuple[int, int]):
-    """The fixed renders of ``--data``, or with ``--world`` a pool of fresh rooms
+def _run_sources(args: argparse.Namespace, paths: list[Path] | None) -> list:
+    """The runs of ``paths`` (each a run or a folder of runs, any mix of formats), read
+    as the reader flags say."""
+    from latent_memory_ros.datasets import reader_options
+    from latent_memory_training.data.prepare import find_sources
+
+    if not paths:
+        return []
+    fmt, options = reader_options(args)
+    return find_sources(paths, fmt, options)
+
+
+def _split_by_run(train: list, val: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Training and validation runs: ``--val`` as given (refusing a run in both), or with
+    ``--val-fraction`` a seeded share of the ``--data`` runs, whole runs only."""
+    import numpy as np
+
+    if val:
+        both = {s.path.resolve() for s in train} & {s.path.resolve() for s in val}
+        if both:
+            raise ValueError(f"runs in both --data and --val: {', '.join(map(str, sorted(both)))}")
+        return train, val
+    if fraction <= 0:
+        return train, []
+    count = max(1, round(fraction * len(train)))
+    if count >= len(train):
+        raise ValueError(f"--val-fraction {fraction} of {len(train)} runs leaves none to train on")
+    held = set(np.random.default_rng(seed).permutation(len(train))[:count].tolist())
+    return (
+        [s for i, s in enumerate(train) if i not in held],
+        [s for i, s in enumerate(train) if i in held],
+    )
+
+
+def _training_data(args: argparse.Namespace, train_cfg, size: tuple[int, int], sources: list):
+    """The runs of ``--data`` (``sources``), or with ``--world`` a pool of fresh rooms
     (started at the step a resumed run carries on from); None with a message when
     neither gives anything."""
-    from latent_memory_training.data.prepare import find_sequences, load_prepared
+    from latent_memory_training.data.prepare import load_prepared
     from latent_memory_training.data.world_stream import RoomPool
     from latent_memory_training.training.config import WorldConfig
 
@@ -52,19 +86,45 @@ def _training_data(args: argparse.Namespace, train_cfg, size: tuple[int, int]):
             step = int(torch.load(args.resume, map_location="cpu", weights_only=False)["step"])
         print(f"rendering fresh rooms ({world.workers} workers, {world.cameras} cameras) ...")
         return RoomPool(train_cfg.seed, size, world, step=step)
-    if args.data is None:
-        print("error: give --data (a folder of cached renders) or --world", file=sys.stderr)
+    if not sources:
+        print(
+            "error: give --data (runs: rosbag2, TUM RGB-D, EuRoC, KITTI folders or cached "
+            "renders, or folders of them) or --world",
+            file=sys.stderr,
+        )
         return None
-    train_paths = find_sequences(args.data)
-    if not train_paths:
-        print(f"error: no cached renders (*.npz) in {args.data}", file=sys.stderr)
-        return None
-    print(f"preparing {len(train_paths)} training sequences ...", flush=True)
-    return load_prepared(train_paths, *size, jobs=args.jobs)
+    formats = sorted({s.fmt for s in sources})
+    print(f"preparing {len(sources)} training runs ({', '.join(formats)}) ...", flush=True)
+    return load_prepared(sources, *size, jobs=args.jobs, cache_dir=args.out / "prepared")
+
+
+def _fine_tuned_config(train_cfg, model_cfg):
+    """With ``--init-from``, the model's configuration is the checkpoint's."""
+    import dataclasses
+
+    import torch
+
+    from latent_memory_training.models.config import ModelConfig
+    from latent_memory_training.training.fit import fine_tuning_checkpoint
+
+    checkpoint = fine_tuning_checkpoint(Path(train_cfg.init_from))
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["model_config"]
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(
+            f"{checkpoint} is a model of another version (configuration fields "
+            f"{', '.join(unknown)} unknown here)"
+        )
+    if dataclasses.asdict(model_cfg) != dataclasses.asdict(ModelConfig()):
+        print("note: --init-from takes the model configuration of the checkpoint")
+    return ModelConfig(**saved)
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from latent_memory_training.data.prepare import find_sequences, load_prepared
+    from latent_memory_ros.bag import BagTopicError
+    from latent_memory_ros.tracks import DatasetError
+    from latent_memory_training.data.prepare import load_prepared
     from latent_memory_training.data.world_stream import RoomPool
     from latent_memory_training.models.config import ModelConfig
     from latent_memory_training.training.config import TrainConfig
@@ -72,14 +132,28 @@ def _run_fit(args: argparse.Namespace) -> int:
 
     model_cfg = _dataclass_from_args(ModelConfig, args, "model_")
     train_cfg = _dataclass_from_args(TrainConfig, args)
-    w, h = model_cfg.image_width, model_cfg.image_height
-    train = _training_data(args, train_cfg, (w, h))
-    if train is None:
+    cache = args.out / "prepared"
+    try:
+        if train_cfg.init_from:
+            model_cfg = _fine_tuned_config(train_cfg, model_cfg)
+        w, h = model_cfg.image_width, model_cfg.image_height
+        train_runs, val_runs = _split_by_run(
+            _run_sources(args, args.data),
+            _run_sources(args, args.val),
+            args.val_fraction,
+            train_cfg.seed,
+        )
+        if val_runs:
+            print(f"validation runs: {', '.join(s.path.name for s in val_runs)}")
+        train = _training_data(args, train_cfg, (w, h), train_runs)
+        if train is None:
+            return 2
+        val = load_prepared(val_runs, w, h, jobs=args.jobs, cache_dir=cache)
+        heldout_runs = _run_sources(args, args.heldout)
+        heldout = load_prepared(heldout_runs, w, h, jobs=args.jobs, cache_dir=cache)
+    except (DatasetError, BagTopicError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    val = load_prepared(find_sequences(args.val), w, h, jobs=args.jobs) if args.val else []
-    heldout = (
-        load_prepared(find_sequences(args.heldout), w, h, jobs=args.jobs) if args.heldout else []
-    )
     teacher = getattr(args, "teacher", None)
     if teacher is not None:
         if train_cfg.distill_weight <= 0:
@@ -151,8 +225,23 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.data_summary:
         training["data"] = json.loads(Path(args.data_summary).read_text())
     out = export_model(model, args.out, args.name or Path(args.out).name, training, metrics)
+    _keep_weights(model, data, Path(out))
     print(f"exported {out}")
     return 0
+
+
+def _keep_weights(model, data: dict, model_dir: Path) -> None:
+    """The PyTorch weights beside the ONNX graphs (``checkpoint.pt``, no optimizer
+    state), so that ``fit --init-from MODEL_DIR`` can fine-tune an exported model."""
+    import torch
+
+    from latent_memory_training.training.fit import CHECKPOINT_IN_MODEL_DIR
+
+    kept = {k: v for k, v in data.items() if k != "optimizer"}
+    kept |= {"model_config": model.config.to_dict(), "model": model.state_dict()}
+    tmp = model_dir / (CHECKPOINT_IN_MODEL_DIR + ".tmp")
+    torch.save(kept, tmp)
+    tmp.replace(model_dir / CHECKPOINT_IN_MODEL_DIR)
 
 
 def _run_bench_accuracy(args: argparse.Namespace, cells: list[str]) -> int:
@@ -255,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_render_arguments(render)
 
-    fit = sub.add_parser("fit", help="train a model on cached renders")
+    fit = sub.add_parser(
+        "fit", help="train a model on runs: cached renders, rosbag2, TUM RGB-D, EuRoC, KITTI"
+    )
     distill = sub.add_parser(
         "distill",
         help="train a student whose memory is pulled towards a frozen bottleneck teacher's",
@@ -263,21 +354,33 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument(
         "--teacher", type=Path, required=True, help="checkpoint of a --model-cell bottleneck fit"
     )
+    from latent_memory_ros.datasets import add_reader_arguments
+
+    runs = "each a run (rosbag2, TUM RGB-D, EuRoC or KITTI folder, cached render .npz) or a folder of runs, formats mixed"
     for p in (fit, distill):
-        p.add_argument("--data", type=Path, help="folder of cached renders (*.npz)")
+        p.add_argument("--data", type=Path, nargs="+", help=f"training runs: {runs}")
         p.add_argument(
             "--world",
             action="store_true",
             help="train on fresh rooms from the generator for as long as it trains "
             "(--world-* flags), instead of --data",
         )
-        p.add_argument("--val", type=Path, help="folder of validation renders (*.npz)")
+        p.add_argument("--val", type=Path, nargs="+", help=f"validation runs: {runs}")
+        p.add_argument(
+            "--val-fraction",
+            type=float,
+            default=0.0,
+            help="without --val: this share of the --data runs (whole runs, seeded by --seed) "
+            "validates instead of training",
+        )
         p.add_argument(
             "--heldout",
             type=Path,
-            help="folder of held-out renders scored every --heldout-every steps into the "
-            "history (never used to choose a checkpoint)",
+            nargs="+",
+            help="held-out runs scored every --heldout-every steps into the history (never "
+            f"used to choose a checkpoint): {runs}",
         )
+        add_reader_arguments(p)
         p.add_argument("--out", type=Path, required=True, help="folder for checkpoints")
         p.add_argument("--resume", type=Path, help="checkpoint to resume from (last.pt)")
         p.add_argument("--jobs", type=int, default=1, help="processes preparing uncached data")

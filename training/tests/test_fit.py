@@ -52,6 +52,11 @@ def test_fit_resume_export_and_run(data, tmp_path):
     assert cli.main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(out)]) == 0
     meta = json.loads((out / "model.json").read_text())
     assert meta["training"]["train_config"]["window"] == 8
+    # The weights stay beside the graphs, so the model can be fine-tuned (--init-from).
+    kept = torch.load(out / "checkpoint.pt", weights_only=False)
+    best = torch.load(run / "best.pt", weights_only=False)
+    assert "optimizer" not in kept and kept["model_config"] == best["model_config"]
+    assert all(torch.equal(kept["model"][k], v) for k, v in best["model"].items())
     rt = StudentRuntime(out, providers=["CPUExecutionProvider"], warmup=0)
     frames = render_sequence("test", 0, seed=3, frames=3, size=(320, 240)).images
     poses = [rt.step(f).pose for f in frames]

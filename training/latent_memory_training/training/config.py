@@ -35,6 +35,10 @@ class TrainConfig:
     distill_distance: str = "mse_ln"  # mse_ln: per-slot MSE after LayerNorm; cosine: 1 - cos
     distill_schedule: str = "constant"  # constant, or anneal (cosine to 0 over the run)
     init_from_teacher: bool = False  # start encoder and heads from the teacher's
+    # Fine-tuning: start from a checkpoint (.pt) or a model directory that keeps one
+    # (checkpoint.pt, written by export); the model's configuration comes from it.
+    init_from: str = ""
+    freeze: str = ""  # comma-separated top-level parts kept as they are, e.g. encoder
 
 
 @dataclass

@@ -107,6 +107,61 @@ def init_from(student: LocalisationModel, teacher: LocalisationModel) -> int:
     return len(copied)
 
 
+CHECKPOINT_IN_MODEL_DIR = "checkpoint.pt"
+"""The PyTorch weights ``export`` keeps beside the ONNX graphs, for fine-tuning."""
+
+
+def fine_tuning_checkpoint(path: Path) -> Path:
+    """The checkpoint ``--init-from`` names: a ``.pt`` file, or a model directory's
+    :data:`CHECKPOINT_IN_MODEL_DIR`. Raises FileNotFoundError saying which is missing."""
+    path = Path(path)
+    if path.is_dir():
+        inside = path / CHECKPOINT_IN_MODEL_DIR
+        if not inside.is_file():
+            raise FileNotFoundError(
+                f"{path} holds no {CHECKPOINT_IN_MODEL_DIR}: it was exported without its "
+                "PyTorch weights (ONNX graphs alone cannot be trained on); pass the "
+                "checkpoint it was exported from, or re-export it with this version"
+            )
+        return inside
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-from {path} does not exist")
+    return path
+
+
+def start_from(model: LocalisationModel, checkpoint: Path) -> int:
+    """Load every weight of ``checkpoint`` into ``model`` (fine-tuning starts from all of
+    them); returns how many tensors. Raises ValueError naming what does not fit."""
+    theirs = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    mine = model.state_dict()
+    wrong = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+    if wrong:
+        raise ValueError(
+            f"{checkpoint} does not fit this model: {', '.join(wrong[:8])}"
+            f"{' ...' if len(wrong) > 8 else ''} missing or of another shape"
+        )
+    model.load_state_dict(theirs)
+    return len(mine)
+
+
+def freeze(model: LocalisationModel, parts: str) -> list[str]:
+    """Keep the named top-level parts (comma-separated, e.g. ``encoder,motion_token``) as
+    they are: no gradients, no updates. Returns the names; raises ValueError for a name
+    the model has not, listing those it has."""
+    names = [p.strip() for p in parts.split(",") if p.strip()]
+    known = {name.split(".")[0] for name, _ in model.named_parameters()}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"--freeze {', '.join(unknown)}: no such part; the model's parts are "
+            f"{', '.join(sorted(known))}"
+        )
+    for name, parameter in model.named_parameters():
+        if name.split(".")[0] in names:
+            parameter.requires_grad_(False)
+    return names
+
+
 class WindowStep(nn.Module):
     """One training window as one ``forward``: carry the state over (fresh for streams
     that start an episode), roll the model through the window, and its losses (poses,
@@ -237,11 +292,21 @@ def _train(
         copied = init_from(model, teacher.model)
         if lead:
             tqdm.write(f"started {copied} tensors from {teacher_path}")
+    if cfg.init_from and resume is None:
+        source = fine_tuning_checkpoint(Path(cfg.init_from))
+        copied = start_from(model, source)
+        if lead:
+            tqdm.write(f"fine-tuning: started all {copied} tensors from {source}")
+    if cfg.freeze:
+        frozen = freeze(model, cfg.freeze)
+        if lead:
+            tqdm.write(f"frozen: {', '.join(frozen)}")
     model.to(device)
     if teacher is not None:
         teacher.model.to(device)
         teacher.state = teacher.model.initial_state(cfg.batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = Checkpoint(model_cfg, cfg, teacher=str(teacher_path) if teacher_path else None)
     ckpt.world_size = world
     if resume is not None:
