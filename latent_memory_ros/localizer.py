@@ -189,9 +189,10 @@ class Localizer:
 
     @property
     def memory_norm(self) -> float:
-        """Norm of the memory tensors (the state minus the carried pose and bias)."""
+        """Norm of the memory tensors (model.json role ``memory``: the state minus the
+        carried pose and drift filter)."""
         state = self.runtime.state
-        memory = [v for k, v in state.items() if k not in ("pose", "bias")]
+        memory = [state[k] for k in self.runtime.spec.memory_state]
         return float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in memory)))
 
     # Odometry -------------------------------------------------------------------------

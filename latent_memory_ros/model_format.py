@@ -32,7 +32,7 @@ class ModelError(RuntimeError):
 # entries outside its cell have these roles by name; a model.json without the field
 # (older exports) is read with them, every other entry being memory.
 STATE_ROLES = ("memory", "pose", "filter")
-NON_MEMORY_STATE = {"pose": "pose", "bias": "filter"}
+NON_MEMORY_STATE = {"pose": "pose", "bias": "filter", "bias_certainty": "filter"}
 
 
 @dataclass(frozen=True)

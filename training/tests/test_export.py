@@ -29,7 +29,7 @@ def perturbed_model(cell: str) -> LocalisationModel:
     torch.manual_seed(0)
     model = LocalisationModel(ModelConfig(cell=cell))
     with torch.no_grad():
-        heads = (model.delta, model.log_var, model.speed, model.bias_rate)
+        heads = (model.delta, model.log_var, model.speed, model.rot_noise)
         for layer in (*heads, model.query_pose, model.query_log_var):
             layer.weight.normal_(0.0, 0.05)
         for p in model.cell.parameters():

@@ -58,16 +58,54 @@ def test_untrained_model_integrates_odometry_exactly():
     np.testing.assert_allclose(out["pose"][0].double().numpy(), expected, atol=1e-5)
 
 
-def test_bias_state_tracks_odometry_minus_vision():
+def _drift_run(drift_per_frame: float, frames: int = 300, noise: float = 1e-3):
+    """A rollout whose vision sees the true rotation with ``noise`` (rad per frame) while
+    the odometry's yaw is off by ``drift_per_frame``; returns the model's outputs."""
     torch.manual_seed(0)
-    model = LocalisationModel(ModelConfig(initial_bias_rate=0.05))
-    obs = _obs(1, 200)
-    drift = torch.tensor([0.0, 5e-4, 0.0])
+    model = LocalisationModel(ModelConfig(initial_rot_noise=noise))
+    obs = _obs(1, frames)
+    drift = torch.tensor([0.0, drift_per_frame, 0.0])
     rot = so3.quat_to_rotvec(obs["odom"][..., 3:7])
-    obs["cues"][..., 1:4] = rot - drift  # vision sees the true rotation
+    jitter = torch.randn(rot.shape, generator=torch.Generator().manual_seed(3)) * noise
+    obs["cues"][..., 1:4] = rot - drift + jitter
     with torch.no_grad():
-        _, out = model.rollout(model.initial_state(1), obs)
-    torch.testing.assert_close(out["bias"][0, -1], drift, atol=2e-5, rtol=0)
+        state, out = model.rollout(model.initial_state(1), obs)
+    return state, out, drift
+
+
+def test_drift_filter_removes_a_real_drift():
+    """The filter's estimate (rad/s) finds the drift; what it applies is the estimate
+    less what it cannot tell from zero (the vision floor, two standard deviations)."""
+    state, out, drift = _drift_run(1e-3)
+    dt = 1 / 30
+    # 300 frames of 1 mrad vision noise: the estimate is good to about 0.06 mrad
+    torch.testing.assert_close(state["bias"][0] * dt, drift, atol=1.5e-4, rtol=0)
+    floor = ModelConfig().vision_bias_floor * dt
+    applied = out["bias"][0, -1]
+    assert drift[1] - floor - 2.5e-4 < applied[1] < drift[1] - floor + 1.5e-4
+    assert float(applied[[0, 2]].abs().max()) == 0.0
+    assert float(state["bias_certainty"].min()) > 1.0  # far more certain than the prior
+
+
+def test_drift_filter_leaves_good_odometry_alone():
+    """No drift, noisy vision: nothing is applied (an estimate within its own
+    uncertainty and the vision floor is not told from zero)."""
+    _, out, _ = _drift_run(0.0)
+    assert float(out["bias"][0].abs().max()) == 0.0
+
+
+def test_drift_filter_ignores_outliers():
+    """A wrong two-view rotation (0.2 rad) is rejected by the chi-square gate: the
+    estimate itself does not move."""
+    torch.manual_seed(0)
+    model = LocalisationModel(ModelConfig())
+    obs = _obs(1, 60)
+    rot = so3.quat_to_rotvec(obs["odom"][..., 3:7])
+    obs["cues"][..., 1:4] = rot
+    obs["cues"][0, 30, 2] += 0.2
+    with torch.no_grad():
+        state, _ = model.rollout(model.initial_state(1), obs)
+    assert float(state["bias"].abs().max()) < 1e-6
 
 
 def test_memory_is_fixed_size():

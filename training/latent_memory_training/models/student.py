@@ -4,16 +4,22 @@ Per frame it reads the image, the wheel-odometry motion of the camera (when give
 the classical two-view cues, and integrates a pose. The lessons of the first experiments
 (docs/lessons.md in shared/) shape the heads:
 
-- with odometry the motion is odometry's, minus a tracked rotation bias, plus a learned
-  correction that starts at zero, so an untrained model is exactly as good as odometry;
-- the bias is a filter state: it moves towards (odometry rotation - vision rotation) at a
-  learned, cue-quality dependent rate, so averaging over hundreds of frames removes
-  the odometry's slow yaw drift;
+- with odometry the motion is odometry's minus a tracked rotation bias, and nothing
+  else: a free learned correction moved good odometry away on runs it had not seen
+  (lessons.md, "A third look"), so "safe before clever" leaves odometry alone unless
+  a filter has the evidence;
+- the bias is a Kalman filter state (rad/s, per axis) with its own variance: it is
+  measured as odometry rotation - vision rotation with a learned, cue-quality dependent
+  noise, innovations a chi-square test rejects are ignored, and the applied correction
+  is shrunk towards zero until the estimate stands out from its own uncertainty, so on
+  good odometry it stays near zero and on a drifting one it removes the slow yaw drift;
 - without odometry the rotation comes from the cues and the translation is a learned
-  speed along the camera's forward axis, again plus a learned correction.
+  speed along the camera's forward axis, both plus a learned correction.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -32,6 +38,19 @@ from latent_memory_training.models.config import ModelConfig
 
 # Per-frame motions are centimetres and centiradians; this brings them to O(1).
 MOTION_SCALE = 30.0
+
+# The drift filter (rad/s per axis). Its prior: world.md v2 drifts up to 0.8 mrad per
+# frame at 30 Hz (0.024 rad/s); a standard deviation of 0.02 rad/s covers that.
+BIAS_PRIOR_VAR = 0.02**2
+# Innovations beyond this squared Mahalanobis distance (chi-square, 3 dof, p = 0.001)
+# are outliers: a wrong two-view fit, a moving object, a slipping wheel.
+BIAS_GATE_CHI2 = 16.27
+# The correction applied is the estimate soft-thresholded by what it cannot tell from
+# zero: twice its own standard deviation, and the vision rotation's own systematic error
+# (ModelConfig.vision_bias_floor), which the filter cannot tell from odometry drift.
+BIAS_SIGMAS = 2.0
+# A drift larger than this (rad/s, about 3 degrees per second) is no wheel odometry's.
+BIAS_LIMIT = 0.05
 
 
 class ImageEncoder(nn.Module):
@@ -90,15 +109,23 @@ class LocalisationModel(nn.Module):
         self.delta = nn.Linear(config.hidden, 6)
         self.log_var = nn.Linear(config.hidden, 6)
         self.speed = nn.Linear(config.hidden, 1)
-        self.bias_rate = nn.Linear(self.motion_features, 1)
+        # Per-frame variance (rad^2, log) of the vision rotation as a measurement of the
+        # odometry's, from the cues' quality and the motion; the drift's random walk.
+        self.rot_noise = nn.Linear(self.motion_features, 3)
+        self.bias_walk = nn.Parameter(torch.tensor(math.log(config.bias_walk)))
+        # The vision rotation's systematic error (a rotation-translation ambiguity that
+        # depends on the motion, the field of view and the cues' quality), learned.
+        self.vision_fix = nn.Linear(self.motion_features, 3)
         nn.init.zeros_(self.delta.weight)
         nn.init.zeros_(self.delta.bias)
         nn.init.zeros_(self.log_var.weight)
         nn.init.constant_(self.log_var.bias, -9.0)  # about (1 cm)^2 per frame
         nn.init.zeros_(self.speed.weight)
         nn.init.constant_(self.speed.bias, _inverse_softplus(config.initial_speed * MOTION_SCALE))
-        nn.init.zeros_(self.bias_rate.weight)
-        nn.init.constant_(self.bias_rate.bias, _logit(config.initial_bias_rate))
+        nn.init.zeros_(self.rot_noise.weight)
+        nn.init.constant_(self.rot_noise.bias, 2.0 * math.log(config.initial_rot_noise))
+        nn.init.zeros_(self.vision_fix.weight)
+        nn.init.zeros_(self.vision_fix.bias)
         # Map-free queries: where was the camera that saw this image, seen from here?
         self.query_token = nn.Parameter(torch.randn(d) * 0.02)
         self.query_block = TransformerBlock(d, config.heads)
@@ -111,7 +138,7 @@ class LocalisationModel(nn.Module):
         nn.init.zeros_(self.query_log_var.bias)
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {**self.cell.state_shapes, "pose": (7,), "bias": (3,)}
+        return {**self.cell.state_shapes, "pose": (7,), "bias": (3,), "bias_certainty": (3,)}
 
     def initial_state(self, batch: int) -> State:
         state = self.cell.initial_state(batch)
@@ -120,7 +147,12 @@ class LocalisationModel(nn.Module):
         device = self.delta.weight.device  # a model moved to a GPU starts its state there
         return {
             k: v.to(device)
-            for k, v in {**state, "pose": pose, "bias": torch.zeros(batch, 3)}.items()
+            for k, v in {
+                **state,
+                "pose": pose,
+                "bias": torch.zeros(batch, 3),
+                "bias_certainty": torch.zeros(batch, 3),
+            }.items()
         }
 
     def step(
@@ -149,23 +181,62 @@ class LocalisationModel(nn.Module):
         cell_state, readout = self.cell.step(cell_state, tokens)
         h = self.trunk(torch.cat([readout, features], dim=-1))
 
-        rate = torch.sigmoid(self.bias_rate(features)) * odom_valid * cue_valid
-        bias = state["bias"] + rate * ((odom_rot - vision_rot) - state["bias"])
+        bias, certainty, correction = self.drift_filter(
+            state,
+            odom_rot - vision_rot - self.vision_fix(features) / MOTION_SCALE,
+            odom_valid * cue_valid,
+            features,
+            obs["dt"],
+        )
         delta = self.delta(h) / MOTION_SCALE
         speed = nn.functional.softplus(self.speed(h)) / MOTION_SCALE
         forward = torch.zeros_like(odom_trans)
         forward[:, 2] = 1.0
-        rot = odom_valid * (odom_rot - bias) + (1 - odom_valid) * vision_rot + delta[:, :3]
+        free = 1 - odom_valid  # the learned correction only where there is no odometry
+        rot = odom_valid * (odom_rot - correction) + free * (vision_rot + delta[:, :3])
         # Without odometry and without cues (a run's first frame) nothing says we moved.
-        prior = (1 - odom_valid) * cue_valid * speed * forward
-        trans = odom_valid * odom_trans + prior + delta[:, 3:]
+        prior = cue_valid * speed * forward
+        trans = odom_valid * odom_trans + free * (prior + delta[:, 3:])
         motion = so3.motion_to_pose(rot, trans)
         pose = so3.compose(state["pose"], motion)
-        new_state = {**cell_state, "pose": pose, "bias": bias}
-        out = {"pose": pose, "motion": motion, "log_var": self.log_var(h), "bias": bias}
+        new_state = {**cell_state, "pose": pose, "bias": bias, "bias_certainty": certainty}
+        out = {"pose": pose, "motion": motion, "log_var": self.log_var(h), "bias": correction}
         if memory:  # the memory view (N x E slots), what distillation matches
             out["memory"] = self.cell.memory(cell_state)
         return new_state, out
+
+    def drift_filter(
+        self,
+        state: State,
+        measured: torch.Tensor,
+        valid: torch.Tensor,
+        features: torch.Tensor,
+        dt: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One Kalman step of the odometry's rotation drift ``b`` (rad/s, per axis).
+
+        ``measured`` is odometry rotation - vision rotation this frame (rad), ``valid``
+        whether both exist. Innovations beyond the chi-square gate are ignored. The
+        variance P lives in the state as ``bias_certainty`` = log(P0 / P), well scaled
+        in float32 and zero for the prior, so an all-zero state is the prior.
+        Returns the new ``bias``, ``bias_certainty`` and the correction (rad this frame)
+        to subtract from the odometry rotation."""
+        dt = dt.clamp_min(1e-3)
+        b = state["bias"]
+        var = BIAS_PRIOR_VAR * torch.exp(-state["bias_certainty"])
+        var = var + torch.exp(self.bias_walk) * dt
+        noise = torch.exp(self.rot_noise(features)) / dt**2
+        innovation = measured / dt - b
+        total = var + noise
+        mahalanobis = (innovation**2 / total).sum(dim=-1, keepdim=True)
+        use = valid * (mahalanobis < BIAS_GATE_CHI2).to(valid.dtype)
+        gain = use * var / total
+        b = (b + gain * innovation).clamp(-BIAS_LIMIT, BIAS_LIMIT)
+        var = (1 - gain) * var
+        certainty = torch.log(BIAS_PRIOR_VAR / var).clamp_min(0.0)
+        floor = torch.sqrt(BIAS_SIGMAS**2 * var + self.config.vision_bias_floor**2)
+        applied = torch.sign(b) * torch.relu(b.abs() - floor)
+        return b, certainty, applied * dt
 
     def query(
         self, state: State, image: torch.Tensor, camera: torch.Tensor
@@ -201,10 +272,6 @@ def _scale_cues(cues: torch.Tensor) -> torch.Tensor:
         [1.0] + [MOTION_SCALE] * 3 + [1.0] * 5 + [MOTION_SCALE] * 3 + [MOTION_SCALE] * 3
     )
     return cues * scale.to(cues)
-
-
-def _logit(p: float) -> float:
-    return float(torch.log(torch.tensor(p / (1 - p))))
 
 
 def _inverse_softplus(y: float) -> float:
