@@ -162,33 +162,42 @@ def detect_format(path: Path) -> str:
     )
 
 
+def _detected(path: Path) -> str | None:
+    try:
+        return detect_format(path)
+    except DatasetError:
+        return None
+
+
 def find_runs(path: Path, fmt: str | None = None) -> list[tuple[Path, str]]:
     """``(run, format)`` for ``path`` if it is a run, else for each run directly inside it
-    (sorted; cached renders' preparation files skipped). ``fmt`` forces the format."""
+    (sorted; cached renders' preparation files skipped). ``fmt`` forces the format of
+    what is found, and makes an unrecognised ``path`` a run of that format (its reader
+    then says what is missing)."""
     path = Path(path)
     if fmt is not None and fmt not in FORMATS:
         raise DatasetError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    try:
-        return [(path, fmt or detect_format(path))]
-    except DatasetError:
-        if not path.is_dir():
-            raise
+    found = _detected(path)
+    if found is not None:
+        return [(path, fmt or found)]
     runs = []
-    for child in sorted(path.iterdir()):
-        if child.name.endswith((".prep.npz", ".tmp.npz", ".tmp")):
-            continue
-        try:
-            found = detect_format(child)
-        except DatasetError:
-            continue
-        if fmt is None or found == fmt or child.is_dir():
-            runs.append((child, fmt or found))
-    if not runs:
-        raise DatasetError(
-            f"{path} holds no runs: neither it nor anything in it is a rosbag2, TUM RGB-D, "
-            "EuRoC or KITTI folder or a cached render (.npz)"
-        )
-    return runs
+    if path.is_dir():
+        for child in sorted(path.iterdir()):
+            if child.name.endswith((".prep.npz", ".tmp.npz", ".tmp")):
+                continue
+            inside = _detected(child)
+            if inside is not None:
+                runs.append((child, fmt or inside))
+    if runs:
+        return runs
+    if fmt is not None and path.exists():
+        return [(path, fmt)]
+    if not path.is_dir():
+        detect_format(path)  # raises, saying why
+    raise DatasetError(
+        f"{path} holds no runs: neither it nor anything in it is a rosbag2, TUM RGB-D, "
+        "EuRoC or KITTI folder or a cached render (.npz)"
+    )
 
 
 def read_sequence(

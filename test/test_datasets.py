@@ -335,6 +335,8 @@ def test_find_runs_mixes_formats_in_one_folder(seq, tmp_path: Path) -> None:
         ("c_render.npz", "npz"),
     ]
     assert find_runs(tmp_path / "all" / "b_tum") == [(tmp_path / "all" / "b_tum", "tum")]
+    # A forced format still finds the runs of a folder (and applies to each of them).
+    assert [f for _, f in find_runs(tmp_path / "all", "tum")] == ["tum"] * 3
     with pytest.raises(DatasetError, match="holds no runs"):
         find_runs(tmp_path / "all" / "b_tum" / "rgb")
 

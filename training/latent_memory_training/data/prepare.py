@@ -151,6 +151,12 @@ def _prepare_cached(job: tuple[RunSource, int, int, Path | None]) -> Path:
         cached = folder / f"{path.name}.{source.key}.{suffix}"
     if not (cached.is_file() and cached.stat().st_mtime >= source.modified()):
         seq = read_sequence(path, source.fmt, source.options)
+        if seq.meta.get("frames_dropped"):
+            print(
+                f"{path}: {seq.meta['frames_dropped']} of {seq.meta['frames_read']} frames "
+                f"lie outside the ground truth (gaps over {seq.meta['max_gap_s']} s): dropped",
+                flush=True,
+            )
         prepare(seq, width, height).save(cached)
     return cached
 
