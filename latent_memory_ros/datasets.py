@@ -663,7 +663,10 @@ def read_bag(path: Path, options: ReadOptions = ReadOptions()) -> Sequence:
         body_to_camera = geometry.IDENTITY
     else:
         body_to_camera = static_chain(run.static or {}, body, run.image_frame_id)
-        if body_to_camera is None and body == run.odom_child_frame and mount is not None:
+        # Without a static chain from it, the ground truth's frame is taken to be the base
+        # when the user gave the mount, or when it is the odometry's frame.
+        base = options.base_to_camera is not None or body == run.odom_child_frame
+        if body_to_camera is None and base and mount is not None:
             body_to_camera = mount
         if body_to_camera is None:
             raise DatasetError(

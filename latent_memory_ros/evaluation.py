@@ -401,9 +401,8 @@ def plot_title(metrics: Mapping[str, Any]) -> str:
     for prefix, label in TABLE_ROWS:
         if f"{prefix}ate_rmse_m" in metrics:
             parts.append(f"{label} ATE {metrics[f'{prefix}ate_rmse_m']:.3f} m")
-    return f"{metrics.get('model', '')} on {Path(str(metrics.get('bag', ''))).name}\n" + ", ".join(
-        parts
-    )
+    run = metrics.get("bag") or metrics.get("run", "")
+    return f"{metrics.get('model', '')} on {Path(str(run)).name}\n" + ", ".join(parts)
 
 
 def metrics_table(metrics: Mapping[str, Any]) -> str:
@@ -474,30 +473,96 @@ def evaluate_bag(
     )
     camera = None if run.intrinsics is None else run.intrinsics.array
     ran = runtime.run(images, odom_base if feed_odom else None, mount, intrinsics=camera)
-    poses, step_ms = ran.poses, ran.step_ms
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_trajectory(out_dir / "est.tum", stamps, poses)
-    write_trajectory(out_dir / "gt.tum", run.gt.stamps, run.gt.poses)
-    metrics: dict[str, Any] = {
-        "frames": frames,
-        "frames_with_pose": int(np.all(np.isfinite(poses), axis=1).sum()),
-        **trajectory_metrics(stamps, poses, run.gt.stamps, run.gt.poses),
-        "step_ms_p50": float(np.percentile(step_ms, 50)),
-        "step_ms_p99": float(np.percentile(step_ms, 99)),
-        **baseline_metrics(run.gt, stamps, odom_base, mount),
+    about = {
         "odom_input": feed_odom,
         "model": runtime.spec.name,
         "model_dir": str(model_dir),
         "bag": str(bag),
         "providers": list(runtime.active_providers),
     }
+    return _write_results(out_dir, stamps, ran, run.gt, odom_base, mount, about)
+
+
+def evaluate_run(
+    run: Path,
+    out_dir: Path,
+    model_dir: Path,
+    fmt: str | None = None,
+    options: Any = None,
+    odom_input: bool = True,
+    max_frames: int | None = None,
+    providers: Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """:func:`evaluate_bag` for a run of any format latent_memory_ros.datasets reads (TUM
+    RGB-D, EuRoC, KITTI, a cached render): its frames undistorted to a pinhole camera,
+    as the node would get them from image_rect; the same files and metrics."""
+    from itertools import islice
+
+    from tqdm import tqdm
+
+    from latent_memory_ros.datasets import ReadOptions, read_sequence
+    from latent_memory_ros.runtime import StudentRuntime
+
+    seq = read_sequence(run, fmt, options or ReadOptions())
+    runtime = StudentRuntime(model_dir, providers=providers)
+    frames = len(seq) if max_frames is None else min(max_frames, len(seq))
+    stamps = np.asarray(seq.stamps[:frames], dtype=np.float64)
+    odom_base = np.asarray(seq.odom_base[:frames], dtype=np.float64)
+    has_odom = bool(np.all(np.isfinite(odom_base), axis=1).any())
+    feed_odom = has_odom and odom_input and runtime.spec.uses_odom
+    images = tqdm(
+        zip(stamps, islice(iter(seq.images), frames), strict=True),
+        total=frames,
+        unit="frame",
+        disable=not progress,
+        file=sys.stderr,
+    )
+    mount = np.asarray(seq.base_to_camera, dtype=np.float64)
+    ran = runtime.run(images, odom_base if feed_odom else None, mount, intrinsics=seq.intrinsics)
+    about = {
+        "odom_input": feed_odom,
+        "model": runtime.spec.name,
+        "model_dir": str(model_dir),
+        "run": str(run),
+        "format": seq.meta.get("format", fmt),
+        "frames_dropped": seq.meta.get("frames_dropped", 0),
+        "providers": list(runtime.active_providers),
+    }
+    gt = Track(np.asarray(seq.stamps, dtype=np.float64), np.asarray(seq.gt_camera))
+    return _write_results(out_dir, stamps, ran, gt, odom_base if has_odom else None, mount, about)
+
+
+def _write_results(
+    out_dir: Path,
+    stamps: np.ndarray,
+    ran: Any,
+    gt: Track,
+    odom_base: np.ndarray | None,
+    mount: np.ndarray | None,
+    about: dict[str, Any],
+) -> dict[str, Any]:
+    """est.tum, gt.tum (odom.tum), metrics.json and trajectory.png of one evaluated run;
+    returns the metrics (``about`` says what ran on what)."""
+    poses, step_ms = ran.poses, ran.step_ms
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_trajectory(out_dir / "est.tum", stamps, poses)
+    write_trajectory(out_dir / "gt.tum", gt.stamps, gt.poses)
+    metrics: dict[str, Any] = {
+        "frames": len(stamps),
+        "frames_with_pose": int(np.all(np.isfinite(poses), axis=1).sum()),
+        **trajectory_metrics(stamps, poses, gt.stamps, gt.poses),
+        "step_ms_p50": float(np.percentile(step_ms, 50)),
+        "step_ms_p99": float(np.percentile(step_ms, 99)),
+        **baseline_metrics(gt, stamps, odom_base, mount),
+        **about,
+    }
     estimates = {"model": (stamps, poses)}
     if odom_base is not None and mount is not None:
         estimates["odometry"] = (stamps, odometry_camera_poses(odom_base, mount))
         write_trajectory(out_dir / "odom.tum", *estimates["odometry"])
     plot_trajectories(
-        out_dir / "trajectory.png", (run.gt.stamps, run.gt.poses), estimates, plot_title(metrics)
+        out_dir / "trajectory.png", (gt.stamps, gt.poses), estimates, plot_title(metrics)
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -510,8 +575,29 @@ def build_parser() -> argparse.ArgumentParser:
         "it with evo (ATE after SE(3)/Sim(3) alignment, RPE) against ground truth, odometry "
         "and a no-motion baseline.",
     )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bag", type=Path, help="rosbag2 directory (mcap or sqlite3)")
+    source.add_argument(
+        "--data",
+        type=Path,
+        help="a run of another format: TUM RGB-D, EuRoC or KITTI folder, cached render (.npz)",
+    )
     parser.add_argument(
-        "--bag", type=Path, required=True, help="rosbag2 directory (mcap or sqlite3)"
+        "--format", choices=("tum", "euroc", "kitti", "npz"), help="--data: force the format"
+    )
+    parser.add_argument(
+        "--intrinsics",
+        type=float,
+        nargs=4,
+        metavar=("FX", "FY", "CX", "CY"),
+        help="--data: the camera, when the run does not carry it",
+    )
+    parser.add_argument(
+        "--max-gap",
+        type=float,
+        default=0.2,
+        help="--data: longest ground-truth gap (s) interpolated across; frames in longer "
+        "ones are dropped",
     )
     parser.add_argument(
         "--image-topic", default="/camera/image_raw", help="sensor_msgs/Image topic"
@@ -545,23 +631,35 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``latent_memory_eval``; returns the exit code."""
     from latent_memory_ros.bag import BagTopicError
+    from latent_memory_ros.datasets import ReadOptions
     from latent_memory_ros.model_format import ModelError
 
     args = build_parser().parse_args(argv)
+    common = {
+        "out_dir": args.out,
+        "model_dir": args.model or default_model_dir(),
+        "odom_input": not args.no_odom_input,
+        "max_frames": args.max_frames,
+        "providers": args.providers,
+        "progress": not args.no_progress,
+    }
     try:
-        metrics = evaluate_bag(
-            bag=args.bag,
-            image_topic=args.image_topic,
-            gt_topic=args.gt_topic,
-            out_dir=args.out,
-            model_dir=args.model or default_model_dir(),
-            odom_topic=args.odom_topic,
-            base_to_camera=args.base_to_camera,
-            odom_input=not args.no_odom_input,
-            max_frames=args.max_frames,
-            providers=args.providers,
-            progress=not args.no_progress,
-        )
+        if args.bag is not None:
+            metrics = evaluate_bag(
+                bag=args.bag,
+                image_topic=args.image_topic,
+                gt_topic=args.gt_topic,
+                odom_topic=args.odom_topic,
+                base_to_camera=args.base_to_camera,
+                **common,
+            )
+        else:
+            options = ReadOptions(
+                intrinsics=tuple(args.intrinsics) if args.intrinsics else None,
+                base_to_camera=tuple(args.base_to_camera) if args.base_to_camera else None,
+                max_gap_s=args.max_gap,
+            )
+            metrics = evaluate_run(args.data, fmt=args.format, options=options, **common)
     except (BagTopicError, ModelError, FileNotFoundError, ValueError) as err:
         print(f"latent_memory_eval: error: {err}", file=sys.stderr)
         return 2

@@ -322,6 +322,16 @@ def test_bag_mocap_pose_of_the_base_with_mono8_frames_and_distortion(seq, tmp_pa
         back.intrinsics, [new_k[0, 0], new_k[1, 1], new_k[0, 2], new_k[1, 2]]
     )
     assert back.intrinsics[0] != seq.intrinsics[0]
+    # A ground truth of a frame /tf_static does not know (a motion-capture body): the
+    # mount given as an option joins it to the camera, else the error says what to pass.
+    mocap = dict(gt_topic="/mocap/pose", gt_frame="mocap_body", odom_topic="/wheel/odometry")
+    mount = tuple(seq.base_to_camera)
+    given = read_sequence(tmp_path / "robot", options=ReadOptions(**mocap, base_to_camera=mount))
+    np.testing.assert_allclose(given.gt_camera, seq.gt_camera, atol=1e-9)
+    with pytest.raises(
+        DatasetError, match="'mocap_body', and no /tf_static chain .* pass --base-to-camera"
+    ):
+        read_sequence(tmp_path / "robot", options=ReadOptions(**mocap))
 
 
 def test_find_runs_mixes_formats_in_one_folder(seq, tmp_path: Path) -> None:
@@ -459,3 +469,29 @@ def test_bad_bags_name_the_bag_and_topic(seq, tmp_path: Path) -> None:
             writer.write(conn, stamp + i, TYPESTORE.serialize_cdr(msg, conn.msgtype))
     with pytest.raises(DatasetError, match=r"topic /image, message 2: stamp .* repeats"):
         read_run(tmp_path / "repeat", "/image")
+
+
+def test_eval_scores_a_tum_run_with_the_shipped_model(seq, tmp_path: Path, capsys) -> None:
+    """latent_memory_eval --data: a run of another format than a bag, through the real
+    shipped model; the wheel odometry of the run is fed and scored as the baseline."""
+    import json
+
+    from latent_memory_ros.evaluation import main
+    from latent_memory_ros.model_format import default_model_dir
+
+    write_tum(seq, tmp_path / "run")
+    out = tmp_path / "out"
+    args = ["--data", str(tmp_path / "run"), "--model", str(default_model_dir())]
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["format"] == "tum" and metrics["frames"] == metrics["frames_with_pose"] == 12
+    assert metrics["odom_input"] is True and np.isfinite(metrics["ate_rmse_m"])
+    assert np.isfinite(metrics["odom_ate_rmse_m"]) and metrics["frames_dropped"] == 0
+    est = [line for line in (out / "est.tum").read_text().splitlines() if not line.startswith("#")]
+    assert len(est) == 12 and (out / "trajectory.png").is_file()
+    assert "ATE SE3 m" in capsys.readouterr().out
+
+    write_tum(seq, tmp_path / "no_gt")
+    (tmp_path / "no_gt" / "groundtruth.txt").unlink()
+    assert main(["--data", str(tmp_path / "no_gt"), "--out", str(out), "--no-progress"]) == 2
+    assert f"{tmp_path / 'no_gt' / 'groundtruth.txt'} does not exist" in capsys.readouterr().err
