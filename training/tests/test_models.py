@@ -62,7 +62,7 @@ def _drift_run(drift_per_frame: float, frames: int = 300, noise: float = 1e-3):
     """A rollout whose vision sees the true rotation with ``noise`` (rad per frame) while
     the odometry's yaw is off by ``drift_per_frame``; returns the model's outputs."""
     torch.manual_seed(0)
-    model = LocalisationModel(ModelConfig(initial_rot_noise=noise))
+    model = LocalisationModel(ModelConfig(vision_rot_noise=noise))
     obs = _obs(1, frames)
     drift = torch.tensor([0.0, drift_per_frame, 0.0])
     rot = so3.quat_to_rotvec(obs["odom"][..., 3:7])
