@@ -155,7 +155,9 @@ def run_publisher(args: argparse.Namespace) -> None:
         "round_trip_ms_p99": round(float(p99), 1),
         "round_trip_ms": [round(t) for t in trips] if args.verbose else None,
         "diagnostics": {
-            k: v for k, v in last.items() if k.startswith(("frames_", "odometry", "step_ms", "camera"))
+            k: v
+            for k, v in last.items()
+            if k.startswith(("frames_", "odometry", "step_ms", "camera"))
         },
     }
     print(json.dumps(result), flush=True)
@@ -181,6 +183,8 @@ def run_configuration(args: argparse.Namespace, publisher_profile: bool, node_pr
             f"odom_topic:={ODOM_TOPIC}",
             "-p",
             "providers:=[CPUExecutionProvider]",
+            "-p",
+            f"image_qos_depth:={args.image_qos_depth}",
         ],
         env=environment(node_profile),
         stdout=log,
@@ -211,6 +215,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--rate", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--image-qos-depth",
+        type=int,
+        default=1,
+        help="the node's image queue (1, its default, loses frames to a starved executor)",
+    )
     parser.add_argument("--publisher-qos", choices=("reliable", "sensor_data"), default="reliable")
     parser.add_argument(
         "--configurations", nargs="*", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS)

@@ -61,6 +61,33 @@ def start_node(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     return process, log.name
 
 
+def path_cost(sizes: tuple[int, ...] = (10, 500, 1000, 2000), repeats: int = 20) -> None:
+    """CPU time (this thread's, so other load does not count) to serialise a ~/path of
+    N poses, what the node pays each time it publishes one, and to deserialise it, what
+    a Python subscriber (a test harness) pays."""
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import Path as PathMsg
+    from rclpy.serialization import deserialize_message, serialize_message
+    from std_msgs.msg import Header
+
+    poses = [PoseStamped(header=Header(frame_id="odom")) for _ in range(max(sizes))]
+    serialize_message(PathMsg(poses=poses[:10]))  # first use loads the type support
+    for n in sizes:
+        msg = PathMsg(header=Header(frame_id="odom"), poses=poses[:n])
+        out, back = [], []
+        for _ in range(repeats):
+            started = time.thread_time()
+            data = serialize_message(msg)
+            middle = time.thread_time()
+            deserialize_message(data, PathMsg)
+            out.append((middle - started) * 1e3)
+            back.append((time.thread_time() - middle) * 1e3)
+        row = {"path_poses": n, "bytes": len(data)}
+        row["serialise_cpu_ms_p50"] = round(float(np.median(out)), 2)
+        row["deserialise_cpu_ms_p50"] = round(float(np.median(back)), 2)  # a Python subscriber
+        print(json.dumps(row))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=8000)
@@ -70,7 +97,11 @@ def main() -> None:
     parser.add_argument("--no-path-recorder", action="store_true")
     parser.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE")
     parser.add_argument("--json", type=Path, help="write the per-window rows here")
+    parser.add_argument("--path-cost", action="store_true", help="only time ~/path messages")
     args = parser.parse_args()
+    if args.path_cost:
+        path_cost()
+        return
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 80))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     width, height = (int(v) for v in args.size.split("x"))
@@ -174,6 +205,9 @@ def main() -> None:
                     "rss_mb": round(rss_mb(node_process.pid), 1),
                     "path_poses": paths[0],
                 }
+                if diagnostics:  # the node's own: step and outputs, last 1,000 frames
+                    for name in ("step_ms_p50", "publish_ms_p50", "publish_ms_p99"):
+                        row[name] = float(diagnostics[-1].get(name, "nan"))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 trips, lost, window_start = [], 0, now
@@ -188,7 +222,7 @@ def main() -> None:
             "node_counters": {
                 k: v
                 for k, v in (diagnostics[-1] if diagnostics else {}).items()
-                if k.startswith(("frames_", "odometry"))
+                if k.startswith(("frames_", "odometry", "step_ms", "publish_ms"))
             },
         }
         print(json.dumps(summary), flush=True)

@@ -315,6 +315,7 @@ class LocalisationCore:
         self._stopping = False
         self.counters = _Counters()
         self._step_ms: deque[float] = deque(maxlen=STEP_TIME_WINDOW)
+        self._publish_ms: deque[float] = deque(maxlen=STEP_TIME_WINDOW)  # a frame's outputs
         self._stamp_gaps = StampGaps()
         self._odom_timing = OdometryTiming()
         # (stamp_ns, arrived) of recent frames that ran without odometry: a sample that
@@ -729,7 +730,10 @@ class LocalisationCore:
         self._memory_norm = self.localizer.memory_norm
         self._last_estimate = estimate
         self._last_camera_frame = self._camera_frame or msg.header.frame_id
+        started = time.perf_counter()
         self._publish(msg.header.stamp, estimate)
+        with self._frames_lock:
+            self._publish_ms.append((time.perf_counter() - started) * 1e3)
 
     def _decode(self, msg: Image | CompressedImage) -> np.ndarray:
         """RGB pixels of a camera or query image; FrameError says why not."""
@@ -938,10 +942,16 @@ class LocalisationCore:
         self._path_sent, self._path_sent_at = True, now
 
     def _flush_path(self) -> None:
-        """The steady timer's share: the last poses of a run that stopped still go out."""
-        with self._lock:
+        """The steady timer's share: the last poses of a run that stopped still go out.
+        It never waits for the lock: the executor is single-threaded, and a step in
+        progress publishes the path itself when it ends."""
+        if self._path_sent or not self._lock.acquire(blocking=False):
+            return
+        try:
             if self.localizer is not None:
                 self._publish_path_if_due()
+        finally:
+            self._lock.release()
 
     def _status(self, estimate: Estimate) -> DiagnosticStatus:
         values = {
@@ -982,6 +992,7 @@ class LocalisationCore:
         with self._frames_lock:
             counters = dict(vars(self.counters))
             times = list(self._step_ms)
+            publish_times = list(self._publish_ms)
             period = self._stamp_gaps.period_s
         tracking = self._last_estimate.tracking if self._last_estimate else TrackingState.OK
         status = DiagnosticStatus(
@@ -1007,6 +1018,14 @@ class LocalisationCore:
             "jitter_warnings": counters["jitter"],
             "step_ms_p50": f"{p50:.2f}",
             "step_ms_p99": f"{p99:.2f}",
+            **{
+                f"publish_ms_p{q}": f"{v:.2f}"
+                for q, v in zip(
+                    (50, 99),
+                    np.percentile(publish_times, [50, 99]) if publish_times else (np.nan,) * 2,
+                    strict=True,
+                )
+            },
             "memory_norm": f"{self._memory_norm:.4g}",
             "extrinsic": "tf" if self._extrinsic_from_tf else "parameter",
         }

@@ -12,6 +12,10 @@ cannot be set to empty here: use a params_file for that). Values are typed like 
 parameter: publish_tf:=false, path_max_length:=500, lost_sigma_m:=0.1,
 providers:=[CPUExecutionProvider], base_to_camera:=[0.1,0,0.5,-0.5,0.5,-0.5,0.5].
 
+The started processes get the shipped Fast DDS profile (config/fastdds.xml: shared-memory
+segments large enough for camera images) unless the environment names one; the camera
+driver needs it too (README, "Large images").
+
 lifecycle:=true starts latent_memory_lifecycle_node instead, a managed node that starts
 unconfigured: a lifecycle manager (e.g. nav2_lifecycle_manager) or
 

@@ -657,6 +657,8 @@ def test_large_frames_reach_the_node_with_the_shipped_fastdds_profile() -> None:
             "10",
             "--configurations",
             "both",
+            "--image-qos-depth",
+            "10",  # a starved executor then loses nothing: what is lost is the transport's
             "--json",
         ],
         capture_output=True,
@@ -667,10 +669,8 @@ def test_large_frames_reach_the_node_with_the_shipped_fastdds_profile() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])["both"][0]
     counters = result["diagnostics"]
-    # Here every frame arrived in most runs; on a loaded CPU the depth-1 queue may lose
-    # one, and the stamps then count it.
-    assert result["received"] >= 27, result
-    assert result["received"] + int(counters["frames_missing"]) == 30, result
+    assert result["received"] == 30, result
+    assert counters["frames_missing"] == "0", result
     assert result["answered"] + int(counters["frames_dropped"]) == result["received"], result
     assert result["with_odometry"] >= result["answered"] - 1, result  # the first has no motion
     assert counters["odometry_late"] == "0", result
