@@ -1045,6 +1045,7 @@ class LocalisationCore:
         with self._lock:
             frames = self.localizer.runtime.frames
             with self._frames_lock:
+                self.counters.dropped += len(self._pending)
                 self._pending.clear()
             self.localizer.reset()
             self._path.clear()
@@ -1057,6 +1058,7 @@ class LocalisationCore:
         with self._frames_lock:
             self._enabled = request.data
             if not request.data:
+                self.counters.dropped += len(self._pending)
                 self._pending.clear()
         response.success = True
         response.message = "processing frames" if request.data else "paused; the memory is kept"
