@@ -419,7 +419,10 @@ def test_heldout_reports_memory_gain_per_run_ratios_and_query_recall(exported, r
     s = result["summary"]["original"]
     for m, base in (("model_odom", "odometry"), ("model_images", "no_motion")):
         carried, reset = s[m]["ate_rmse_m"], s[f"{m}_reset"]["ate_rmse_m"]
-        assert carried != reset
+        if m == "model_odom":  # with odometry the memory has no say (the drift filter has)
+            assert carried == pytest.approx(reset, rel=1e-6)
+        else:
+            assert carried != reset
         assert s["memory_gain"][m] == pytest.approx(1 - carried / reset)
         assert row["memory_gain"][m] == pytest.approx(s["memory_gain"][m])  # one run
         assert row["ratio"][m] == pytest.approx(row[m]["ate_rmse_m"] / row[base]["ate_rmse_m"])
