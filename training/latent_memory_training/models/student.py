@@ -19,7 +19,6 @@ the classical two-view cues, and integrates a pose. The lessons of the first exp
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
