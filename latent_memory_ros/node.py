@@ -238,7 +238,7 @@ class StampGaps:
 
 class OdometryTiming:
     """When odometry samples arrive and how they are stamped, to bound how long a frame
-    waits for one: the next sample comes about one arrival period after the last."""
+    waits for one: the next sample comes about one period after the last."""
 
     WINDOW = 32
     # A sample this close to a frame's stamp (as a fraction of the odometry period) is
@@ -280,9 +280,14 @@ class OdometryTiming:
         tolerance after the frame arrived, or two arrival periods after the last sample,
         whichever is earlier (so a stopped odometry costs no frame a wait)."""
         bound = frame_arrived + tolerance_s
-        period = self._median_step(self._arrivals)
-        if period is None:
+        stamp_period = self._median_step(self._stamps)
+        arrival_period = self._median_step(self._arrivals)
+        if stamp_period is None or arrival_period is None:
             return bound
+        # The next sample is stamped one period after the last, so it comes about one
+        # period after the last came; odometry that arrives in bursts has the longer
+        # arrival period.
+        period = max(stamp_period * 1e-9, arrival_period)
         return min(bound, self._arrivals[-1] + 2 * period + self.MARGIN_S)
 
 

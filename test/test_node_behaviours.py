@@ -640,6 +640,31 @@ def test_frames_lost_before_the_node_are_counted_from_their_stamps(
     assert received < slot - first
 
 
+def test_the_path_is_sent_at_most_every_path_period_and_its_last_poses_still_go_out(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    """Issue 12 finding 3: re-sending up to path_max_length poses with every frame made a
+    lock-step soak slow down as the path grew (2,000 poses: ~10 ms to serialise, ~80 ms
+    for a Python subscriber to read). ~/path now goes out at most every path_period_s,
+    the last poses too once frames stop; path_period_s 0 sends one per frame again."""
+    _, h = start(start_node, model_dir, "lm_path_period", use_odom=False, path_period_s=2.0)
+    harnesses.append(h)
+    h.connect(odometry=False)
+    frames = texture_frames(4)
+    started = time.monotonic()
+    stamps = [key(h.send_frame(frames[k % 4]).header.stamp) for k in range(12)]
+    elapsed = time.monotonic() - started
+    h.wait(lambda: h.paths and key(h.paths[-1].header.stamp) == stamps[-1], "the last path")
+    assert [key(p.header.stamp) for p in h.paths[-1].poses] == stamps
+    assert len(h.paths) <= elapsed / 2.0 + 2 and len(h.paths) < len(stamps), len(h.paths)
+
+    set_parameters(h, path_period_s=0.0)
+    before = len(h.paths)
+    more = [key(h.send_frame(frames[k % 4]).header.stamp) for k in range(3)]
+    h.wait(lambda: len(h.paths) >= before + 3, "a path per frame")
+    assert [key(p.header.stamp) for p in h.paths[before:]] == more
+
+
 def test_large_frames_reach_the_node_with_the_shipped_fastdds_profile() -> None:
     """Issue 12 finding 5 (and 2): with Fast DDS's default 512 KB shared-memory segment a
     640x480 frame falls back to fragmented UDP, where 46-59 of 100 reached the node here
