@@ -23,7 +23,8 @@ class ModelConfig:
     # drift's random walk (rad^2/s^2 per second), and the vision rotation's systematic
     # error (rad/s; 0.3-0.8 mrad per frame at 30 Hz on the v2 validation runs), below
     # which an estimated drift is not told from zero. 0.018 was chosen on the
-    # validation runs as the smallest floor with no run over 1.2x the odometry
+    # validation runs: of 0.012, 0.018 and 0.024 the smallest with no run over 1.2x
+    # the odometry
     # (docs/benchmarks.md, "A drift filter").
     vision_rot_noise: float = 0.002
     bias_walk: float = 1e-6

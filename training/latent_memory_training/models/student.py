@@ -8,11 +8,12 @@ the classical two-view cues, and integrates a pose. The lessons of the first exp
   else: a free learned correction moved good odometry away on runs it had not seen
   (lessons.md, "A third look"), so "safe before clever" leaves odometry alone unless
   a filter has the evidence;
-- the bias is a Kalman filter state (rad/s, per axis) with its own variance: it is
-  measured as odometry rotation - vision rotation with a learned, cue-quality dependent
-  noise, innovations a chi-square test rejects are ignored, and the applied correction
-  is shrunk towards zero until the estimate stands out from its own uncertainty, so on
-  good odometry it stays near zero and on a drifting one it removes the slow yaw drift;
+- the bias is a Kalman filter state (rad/s, per axis) with its own variance, nothing
+  in it learned: it is measured as odometry rotation - vision rotation, innovations a
+  chi-square test rejects are ignored, and the correction applied is the estimate
+  soft-thresholded by two standard deviations and the vision rotation's own
+  systematic error, so good odometry is left alone and a drifting one loses the part
+  of its drift that stands out;
 - without odometry the rotation comes from the cues and the translation is a learned
   speed along the camera's forward axis, both plus a learned correction.
 """
