@@ -12,7 +12,8 @@ each frame's motion) into what a robot consumes (REP 103 / REP 105):
   into the odom frame (a first-order random walk), and a twist in the base frame with the
   per-frame covariance divided by dt²;
 - a tracking state from the predicted per-frame translation sigma (OK / UNCERTAIN /
-  LOST); when LOST the covariances are replaced by :data:`LOST_VARIANCE` (rtabmap's
+  LOST) and from :mod:`~latent_memory_ros.health`'s check of the camera (a blind, frozen
+  or disagreeing camera is UNCERTAIN with odometry and LOST without); when LOST the covariances are replaced by :data:`LOST_VARIANCE` (rtabmap's
   convention) so downstream filters ignore the output, and after ``lost_reset_s`` of
   LOST the memory restarts;
 - time: a stamp that goes backwards (a bag loop) resets everything, a gap longer than
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from latent_memory_ros import geometry
+from latent_memory_ros.health import HealthConfig, VisionFault, VisionHealth
 from latent_memory_ros.model_format import STEP_FILE, ModelError
 from latent_memory_ros.runtime import CameraMotionFromOdometry, StudentRuntime
 
@@ -83,11 +85,14 @@ class LocalizerConfig:
     base_to_camera: np.ndarray  # camera optical frame in the base frame, xyz_qxyzw
     odom_tolerance_s: float = 0.1
     max_gap_s: float = 1.0  # 0: never restart on a gap
-    uncertain_sigma_m: float = 0.00085
-    lost_sigma_m: float = 0.007
+    # Tracking thresholds on the predicted per-frame translation sigma (m); 0: the model's
+    # own (model.json ``tracking``, derived from its held-out sigma).
+    uncertain_sigma_m: float = 0.0
+    lost_sigma_m: float = 0.0
     tracking_frames: int = 3  # a worse state must last this many frames to be entered
     lost_reset_s: float = 2.0  # 0: never restart automatically
     jitter_warn_s: float = 0.02  # 0: never warn
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 @dataclass
@@ -107,6 +112,7 @@ class Estimate:
     # lost_reset, no_odometry. A "full" restart also means the path starts over.
     events: list[tuple[str, str]] = field(default_factory=list)
     restart: str | None = None  # None, "memory" or "full"
+    vision_fault: VisionFault | None = None  # why this frame's camera was not trusted
 
 
 def _temporary_prefix(path: Path) -> str:
@@ -147,6 +153,7 @@ class Localizer:
         self._odom: deque[tuple[int, np.ndarray]] = deque(maxlen=ODOM_BUFFER_LENGTH)
         self._odom_lock = threading.Lock()
         self._camera_motion = CameraMotionFromOdometry(config.base_to_camera)
+        self._health = VisionHealth()
         self.set_base_to_camera(config.base_to_camera)
         self.reset()
 
@@ -172,6 +179,7 @@ class Localizer:
         """A new memory whose first pose continues from the last output (REP 105: the
         odom frame does not jump)."""
         self.runtime.reset()
+        self._health.reset()
         if self.last_pose is not None:
             self._anchor = self.last_pose.copy()
         self._base_in_start: np.ndarray | None = None
@@ -273,7 +281,8 @@ class Localizer:
             twist_cov = motion_cov / (dt * dt)
 
         sigma = float(np.sqrt(np.mean(np.exp(result.log_var[:3]))))
-        self._update_tracking(sigma, stamp_ns)
+        fault = self._health.check(result.gray, result.cues, motion, dt, self.config.health)
+        self._update_tracking(sigma, stamp_ns, fault, motion is not None)
         pose_cov, twist_cov = self._covariance, twist_cov
         if self.tracking is TrackingState.LOST:
             pose_cov = twist_cov = np.eye(6) * LOST_VARIANCE
@@ -290,6 +299,7 @@ class Localizer:
             odometry_used=motion is not None,
             events=events,
             restart=restart,
+            vision_fault=fault,
         )
         self._base_in_start, self.last_pose, self._last_stamp_ns = base_in_start, pose, stamp_ns
         if self._lost_too_long(stamp_ns):
@@ -357,15 +367,37 @@ class Localizer:
         self._restart_memory()
         return "memory"
 
-    def _update_tracking(self, sigma: float, stamp_ns: int) -> None:
-        """The state of this frame's sigma, entered at once when it is better than the
-        current one and after ``tracking_frames`` frames in a row when worse."""
-        if sigma >= self.config.lost_sigma_m:
+    @property
+    def tracking_thresholds(self) -> tuple[float, float]:
+        """(uncertain, lost) sigma in use: the configured ones, else the model's."""
+        model = self.runtime.spec.tracking
+        return (
+            self.config.uncertain_sigma_m or model["uncertain_sigma_m"],
+            self.config.lost_sigma_m or model["lost_sigma_m"],
+        )
+
+    def _update_tracking(
+        self, sigma: float, stamp_ns: int, fault: VisionFault | None, odometry_used: bool
+    ) -> None:
+        """The state of this frame, entered at once when it is better than the current
+        one and after ``tracking_frames`` frames in a row when worse: its sigma's, but
+        at least UNCERTAIN when a model that takes odometry ran without it (images
+        only, such a model is several times less accurate than with odometry, which
+        its sigma does not fully show: docs/benchmarks.md) and when the camera cannot
+        be trusted, then LOST without odometry."""
+        uncertain, lost = self.tracking_thresholds
+        if sigma >= lost:
             raw = TrackingState.LOST
-        elif sigma >= self.config.uncertain_sigma_m:
+        elif sigma >= uncertain:
             raw = TrackingState.UNCERTAIN
         else:
             raw = TrackingState.OK
+        floor = TrackingState.OK
+        if fault is not None:
+            floor = TrackingState.UNCERTAIN if odometry_used else TrackingState.LOST
+        elif not odometry_used and self.runtime.spec.uses_odom and self.runtime.frames > 1:
+            floor = TrackingState.UNCERTAIN  # (a first frame has no motion to get wrong)
+        raw = max(raw, floor, key=lambda s: s.value)
         self._recent.append(raw)
         recent = list(self._recent)[-self.config.tracking_frames :]
         if raw.value <= self.tracking.value:

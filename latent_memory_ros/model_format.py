@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 FORMAT = "latent-memory-model/1"
@@ -33,6 +34,12 @@ class ModelError(RuntimeError):
 # (older exports) is read with them, every other entry being memory.
 STATE_ROLES = ("memory", "pose", "filter")
 NON_MEMORY_STATE = {"pose": "pose", "bias": "filter", "bias_certainty": "filter"}
+# Tracking-state thresholds on the predicted per-frame translation sigma (m), field
+# ``tracking``: a model's sigma has its own scale, so the exporter derives them from the
+# model's held-out sigma (:func:`tracking_thresholds`) and the node uses them unless its
+# parameters say otherwise. A model.json without the field (older exports) gets these,
+# derived the same way for the v1 model.
+DEFAULT_TRACKING = {"uncertain_sigma_m": 0.00085, "lost_sigma_m": 0.007}
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class ModelSpec:
     sha256: dict
     raw: dict
     query: QuerySpec | None = None
+    tracking: dict = field(default_factory=lambda: dict(DEFAULT_TRACKING))
 
     @property
     def uses_odom(self) -> bool:
@@ -144,6 +152,7 @@ def load_spec(directory: Path | str) -> ModelSpec:
         if not all(isinstance(v, (int, float)) for v in values):
             raise ModelError(f"{meta_path}: field 'image.{key}' must be numbers")
     return ModelSpec(
+        tracking=_tracking(data, meta_path),
         directory=directory,
         name=_field(data, "name", meta_path, str),
         cell=_field(data, "cell", meta_path, str),
@@ -159,6 +168,38 @@ def load_spec(directory: Path | str) -> ModelSpec:
         raw=data,
         query=query,
     )
+
+
+def tracking_thresholds(calibration: dict) -> dict:
+    """The ``tracking`` field from ``heldout``'s ``calibration`` results: UNCERTAIN above
+    the p99 of the per-frame translation sigma with odometry (so a run with good odometry
+    is OK on 99 % of its frames, and one without is UNCERTAIN on most), LOST above
+    5 x its p99.9 or 1.5 x the p99.9 images only, whichever is larger (so LOST is
+    never where the model usually runs without odometry)."""
+    with_odom = calibration["model_odom"]["sigma_trans_m"]
+    images = calibration["model_images"]["sigma_trans_m"]
+    return {
+        "uncertain_sigma_m": float(with_odom["p99"]),
+        "lost_sigma_m": float(max(5.0 * with_odom["p99.9"], 1.5 * images["p99.9"])),
+        "derived_from": "held-out per-frame translation sigma: uncertain = p99 with "
+        "odometry, lost = max(5 x p99.9 with odometry, 1.5 x p99.9 images only)",
+    }
+
+
+def _tracking(data: dict, meta_path: Path) -> dict:
+    if "tracking" not in data:
+        return dict(DEFAULT_TRACKING)
+    values = {}
+    for key in DEFAULT_TRACKING:
+        value = _field(data, f"tracking.{key}", meta_path, (int, float))
+        if not (math.isfinite(value) and value > 0):
+            raise ModelError(f"{meta_path}: field 'tracking.{key}' must be positive, got {value}")
+        values[key] = float(value)
+    if values["uncertain_sigma_m"] >= values["lost_sigma_m"]:
+        raise ModelError(
+            f"{meta_path}: field 'tracking.uncertain_sigma_m' must be below 'lost_sigma_m'"
+        )
+    return values
 
 
 def _query_spec(data: dict, meta_path: Path, state_names: set[str]) -> QuerySpec:

@@ -178,6 +178,7 @@ class _Counters:
     resets: int = 0
     jitter: int = 0
     odometry_late: int = 0  # samples that came after their frame had run without them
+    untrusted: int = 0  # processed with a camera the vision checks did not trust
     queries: int = 0  # answered
     queries_rejected: int = 0
 
@@ -587,6 +588,8 @@ class LocalisationCore:
                 "odom_tolerance_s",
             ):
                 setattr(config, p.name, p.value)
+            elif p.name == "vision_checks":
+                config.health.enabled = p.value
             elif p.name == "publish_path":
                 self._publish_path = p.value
             elif p.name == "path_period_s":
@@ -728,8 +731,16 @@ class LocalisationCore:
                 elif kind == "no_odometry":
                     self.counters.without_odometry += 1
                     self._missed_odometry.append((frame.stamp_ns, frame.arrived))
+            if estimate.vision_fault is not None:
+                self.counters.untrusted += 1
         for kind, text in estimate.events:
             self._warn(kind, text)
+        if estimate.vision_fault is not None:
+            self._warn(
+                "vision_fault",
+                f"camera not trusted ({estimate.vision_fault.value}): tracking "
+                f"{estimate.tracking.name}",
+            )
         if estimate.restart == "full":
             self._path.clear()
         self._memory_norm = self.localizer.memory_norm
@@ -1015,6 +1026,11 @@ class LocalisationCore:
             "cell": runtime.spec.cell,
             "provider": runtime.active_providers[0],
             "tracking": tracking.name,
+            "vision_fault": (
+                self._last_estimate.vision_fault.value
+                if self._last_estimate and self._last_estimate.vision_fault
+                else "none"
+            ),
             "enabled": str(self._enabled).lower(),
             **{f"frames_{k}": v for k, v in counters.items() if k not in _NOT_FRAME_COUNTERS},
             "odometry_late": counters["odometry_late"],

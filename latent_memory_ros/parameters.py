@@ -154,21 +154,30 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     # Tracking and time.
     _float(
         "uncertain_sigma_m",
-        0.00085,
-        "Predicted per-frame translation sigma (m) from which tracking is UNCERTAIN. The "
-        "default is the shipped model's p99 with odometry on the held-out split (0.84 mm); "
-        "images only, its median is 2.3 mm (docs/benchmarks.md).",
+        0.0,
+        "Predicted per-frame translation sigma (m) from which tracking is UNCERTAIN. 0: the "
+        "model's own (model.json 'tracking': the p99 of its held-out sigma with odometry, "
+        "so good odometry is OK on 99 % of frames and a run without it mostly UNCERTAIN).",
         100.0,
         read_only=False,
     ),
     _float(
         "lost_sigma_m",
-        0.007,
+        0.0,
         "Predicted per-frame translation sigma (m) from which tracking is LOST: outputs "
-        "then carry a covariance of 9999 (rtabmap's convention). The default lies above "
-        "the shipped model's held-out p99.9 in both modes (0.9 mm with odometry, 5.1 mm "
-        "images only).",
+        "then carry a covariance of 9999 (rtabmap's convention). 0: the model's own "
+        "(model.json 'tracking': above its held-out p99.9 in both modes).",
         100.0,
+        read_only=False,
+    ),
+    ParameterSpec(
+        "vision_checks",
+        True,
+        "Judge every frame's camera (no contrast or corners to track, a smeared image, a "
+        "frame repeated while the odometry moves, a rotation the odometry does not "
+        "make) and report tracking UNCERTAIN (LOST without odometry) while it cannot be "
+        "trusted: the model's sigma does not show it (docs/benchmarks.md, 'Graceful "
+        "degradation').",
         read_only=False,
     ),
     ParameterSpec(

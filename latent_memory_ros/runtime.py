@@ -59,6 +59,11 @@ class StepResult:
     pose: np.ndarray  # (7,) camera optical frame in the start camera frame, xyz_qxyzw
     log_var: np.ndarray  # (6,) log variance of this frame's motion: x, y, z, rx, ry, rz
     step_ms: float
+    # The classical cues fed (cues.CUE_DIM,) and the grey image they were computed on
+    # (cue size), None for a model without cues: what latent_memory_ros.health judges
+    # the camera by.
+    cues: np.ndarray | None = None
+    gray: np.ndarray | None = None
 
 
 @dataclass
@@ -396,6 +401,7 @@ class StudentRuntime:
             raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
         feed = {"image": self.preprocess(rgb)}
         names = self.spec.inputs_optional
+        gray = None
         if "cues" in names:
             gray = cues.to_gray(rgb, self._cue_config)
             feed["cues"] = cues.two_view_cues(
@@ -424,6 +430,8 @@ class StudentRuntime:
             pose=pose,
             log_var=result["log_var"][0].astype(np.float64),
             step_ms=(time.perf_counter() - start) * 1e3,
+            cues=feed["cues"][0] if "cues" in feed else None,
+            gray=gray,
         )
 
     def run(

@@ -187,6 +187,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from latent_memory_ros.model_format import tracking_thresholds
     from latent_memory_training.export.onnx_export import export_model
     from latent_memory_training.models.config import ModelConfig
     from latent_memory_training.models.student import LocalisationModel
@@ -221,10 +222,15 @@ def _run_export(args: argparse.Namespace) -> int:
         except KeyError as err:
             print(f"error: --distillation {args.distillation}: {err.args[0]}", file=sys.stderr)
             return 2
+    tracking = None
+    if args.heldout:
+        tracking = tracking_thresholds(metrics["heldout"]["calibration"]["original"])
     training = {k: data[k] for k in ("train_config", "step", "history") if k in data}
     if args.data_summary:
         training["data"] = json.loads(Path(args.data_summary).read_text())
-    out = export_model(model, args.out, args.name or Path(args.out).name, training, metrics)
+    out = export_model(
+        model, args.out, args.name or Path(args.out).name, training, metrics, tracking
+    )
     _keep_weights(model, data, Path(out))
     print(f"exported {out}")
     return 0

@@ -151,6 +151,15 @@ def _broken_copy(src, tmp_path, edit):
         (lambda m, d: m["query"].update(file="../step.onnx"), "'query.file'"),
         (lambda m, d: m["query"].pop("inputs"), "'query.inputs'"),
         (lambda m, d: m["state"][1].update(role="memroy"), ".role' is 'memroy'"),
+        (lambda m, d: m.update(tracking={"uncertain_sigma_m": 1e-3}), "'tracking.lost_sigma_m'"),
+        (
+            lambda m, d: m.update(tracking={"uncertain_sigma_m": 0.0, "lost_sigma_m": 1.0}),
+            "'tracking.uncertain_sigma_m' must be positive",
+        ),
+        (
+            lambda m, d: m.update(tracking={"uncertain_sigma_m": 2.0, "lost_sigma_m": 1.0}),
+            "'tracking.uncertain_sigma_m' must be below",
+        ),
     ],
 )
 def test_bad_model_is_refused_with_a_message_naming_the_field(exported, tmp_path, edit, message):
@@ -291,7 +300,12 @@ def test_export_cli_writes_heldout_and_distillation_metrics_into_model_json(tmp_
                 "ratio": {"model_odom": {"worst": 2.5, "worst_sequence": "test_001"}},
             }
         },
-        "calibration": {"original": {"model_odom": {"sigma_trans_m": {"p99": 1e-3}}}},
+        "calibration": {
+            "original": {
+                "model_odom": {"sigma_trans_m": {"p99": 1e-3, "p99.9": 2e-3}},
+                "model_images": {"sigma_trans_m": {"p99": 4e-3, "p99.9": 8e-3}},
+            }
+        },
         "per_sequence": [{"sequence": "test_000"}, {"sequence": "test_001"}],
     }
     (tmp_path / "compare.json").write_text(json.dumps(compare))
@@ -308,6 +322,9 @@ def test_export_cli_writes_heldout_and_distillation_metrics_into_model_json(tmp_
     args += ["--distillation", str(tmp_path / "compare.json"), "--distilled", "distilled_cosine"]
     assert main(args) == 0
     metrics = json.loads((out / "model.json").read_text())["metrics"]
+    # The tracking thresholds follow the model's own held-out sigma: UNCERTAIN above the
+    # p99 with odometry, LOST above max(5 x its p99.9, 1.5 x the p99.9 images only).
+    assert load_spec(out).tracking == {"uncertain_sigma_m": 1e-3, "lost_sigma_m": 0.012}
     assert metrics["heldout"]["sequences"] == 2
     assert metrics["heldout"]["summary"] == heldout["summary"]
     assert metrics["heldout"]["summary"]["original"]["memory_gain"]["model_odom"] == 0.25

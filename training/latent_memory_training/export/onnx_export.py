@@ -117,9 +117,12 @@ def export_model(
     name: str,
     training: dict | None = None,
     metrics: dict | None = None,
+    tracking: dict | None = None,
 ) -> Path:
     """Write ``step.onnx``, ``query.onnx`` (when the cell is exportable), ``state_init.npz``
-    and ``model.json`` into ``out_dir``."""
+    and ``model.json`` into ``out_dir``; ``tracking``: the tracking-state thresholds
+    (:func:`latent_memory_ros.model_format.tracking_thresholds`), else the runtime's
+    defaults apply."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -199,5 +202,7 @@ def export_model(
     }
     if query_section is not None:
         metadata["query"] = query_section
+    if tracking is not None:
+        metadata["tracking"] = tracking
     write_metadata(out_dir, metadata)
     return out_dir

@@ -1,0 +1,129 @@
+"""Whether this frame's camera can be trusted, from evidence the network does not weigh.
+
+The network's predicted sigma says how well it usually does in a regime (with or
+without odometry), not whether the camera works: with the lens covered, the image dark,
+the frame frozen or smeared, the shipped model's sigma with odometry stays within 30 %
+of its normal value (docs/benchmarks.md, "Graceful degradation"). So the Localizer also
+asks plain questions of the grey image and the classical cues the runtime computes
+anyway (both at the cue size, 320 x 240):
+
+- ``blind``: no contrast to see by. The standard deviation of the 5 x 5-smoothed grey
+  image is below ``min_contrast`` grey levels (a covered lens, darkness, a blank
+  wall; the smoothing keeps sensor noise from passing for texture). On the 20
+  validation runs normal frames have at least 4.8 (p0.5), a lens cap 0.3, frames at
+  3 % brightness 0.1-2.1.
+- ``blurred``: the image is smeared along one axis: its mean horizontal and vertical
+  gradients differ by more than ``blur_anisotropy`` (the smaller over the larger is
+  below it). Normal frames: p1 0.40, median 0.79; a 61-pixel blur: median 0.26.
+- ``frozen``: the frame repeats the previous one (mean absolute change below
+  ``frozen_change``) while the odometry says the camera moved (a driver re-sending
+  its last image).
+- ``fast``: the camera turns faster than ``max_turn_rad_s`` (by the odometry, else by
+  the corners): beyond what the model was trained on (world.md: up to 60 deg/s), so
+  neither its motion nor its sigma has been seen to hold there.
+- ``disagrees``: the rotation the tracked corners show differs from the odometry's by
+  more than ``disagree_rad`` in one frame. Odometry drift is a fraction of a mrad per
+  frame and the cue rotation's noise about 2 mrad (ModelConfig.vision_rot_noise), so
+  20 mrad means that one of them is wrong (a turn that outruns the tracker, a wheel
+  that slipped).
+
+A frame with any of them is one where vision cannot be trusted; the Localizer then
+reports UNCERTAIN with odometry (the pose is the odometry's, corrected by a drift filter
+whose own gate ignores such frames) and LOST without it. Nothing here is learned; the
+thresholds were read off the validation runs, never the held-out ones.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from latent_memory_ros import geometry
+from latent_memory_ros.cues import CUE_VALID
+
+# Cue vector: rotation of the current camera in the previous camera frame (rotation
+# vector, rad); see cues.py for the layout.
+_CUE_ROTATION = slice(1, 4)
+
+
+class VisionFault(enum.Enum):
+    BLIND = "blind"
+    BLURRED = "blurred"
+    FROZEN = "frozen"
+    FAST = "fast"
+    DISAGREES = "disagrees"
+
+
+@dataclass
+class HealthConfig:
+    enabled: bool = True  # the node's vision_checks parameter
+    min_contrast: float = 3.0  # grey levels (std of the 5 x 5-smoothed image)
+    blur_anisotropy: float = 0.35  # smaller over larger mean gradient
+    frozen_change: float = 0.01  # mean absolute grey-level change
+    disagree_rad: float = 0.02  # cue rotation against the odometry's, one frame
+    max_turn_rad_s: float = 1.5  # 86 deg/s: 1.4 x the training world's limit
+    # Odometry motion in one frame above which the camera moved (m, rad).
+    moved_m: float = 0.002
+    moved_rad: float = 0.002
+
+
+class VisionHealth:
+    """Call :meth:`check` once per frame, in order; :meth:`reset` with the runtime."""
+
+    def __init__(self) -> None:
+        self._previous: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self._previous = None
+
+    def check(
+        self,
+        gray: np.ndarray | None,
+        cue_vector: np.ndarray | None,
+        odom_motion: np.ndarray | None,
+        dt: float | None,
+        config: HealthConfig,
+    ) -> VisionFault | None:
+        """Why this frame's vision cannot be trusted, or None. ``gray`` and
+        ``cue_vector`` as the runtime's StepResult gives them (None for a model without
+        cues: never judged); ``odom_motion`` the camera motion since the previous frame
+        from the odometry (xyz_qxyzw), None without it; ``dt`` the time since that
+        frame (s; None on a first frame)."""
+        if gray is None or cue_vector is None:
+            return None
+        previous, self._previous = self._previous, gray
+        c = config
+        if not c.enabled:
+            return None
+        odom_rotation = None
+        if odom_motion is not None:
+            odom_rotation = geometry.quat_to_rotvec(np.asarray(odom_motion[3:], np.float64))
+            moved = (
+                np.linalg.norm(odom_motion[:3]) > c.moved_m
+                or np.linalg.norm(odom_rotation) > c.moved_rad
+            )
+            if moved and previous is not None:
+                if float(cv2.absdiff(gray, previous).mean()) < c.frozen_change:
+                    return VisionFault.FROZEN
+        smooth = cv2.blur(gray.astype(np.float32), (5, 5))
+        if float(smooth.std()) < c.min_contrast:
+            return VisionFault.BLIND
+        if previous is not None and cue_vector[CUE_VALID] <= 0:  # too few corners tracked
+            return VisionFault.BLIND
+        gx = float(np.mean(np.abs(cv2.Sobel(smooth, cv2.CV_32F, 1, 0))))
+        gy = float(np.mean(np.abs(cv2.Sobel(smooth, cv2.CV_32F, 0, 1))))
+        if min(gx, gy) < c.blur_anisotropy * max(gx, gy):
+            return VisionFault.BLURRED
+        seen = cue_vector[CUE_VALID] > 0
+        turn = odom_rotation if odom_rotation is not None else cue_vector[_CUE_ROTATION]
+        if dt and (odom_rotation is not None or seen):
+            if np.linalg.norm(turn) / dt > c.max_turn_rad_s:
+                return VisionFault.FAST
+        if odom_rotation is not None and seen:
+            difference = np.linalg.norm(cue_vector[_CUE_ROTATION] - odom_rotation)
+            if difference > c.disagree_rad:
+                return VisionFault.DISAGREES
+        return None
