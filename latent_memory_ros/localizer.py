@@ -262,7 +262,18 @@ class Localizer:
             else:
                 motion = self._camera_motion.update(base)
 
-        result = self.runtime.step(rgb, odom_motion=motion, dt=dt)
+        fault: VisionFault | None = None
+
+        def trust_cues(gray: np.ndarray, cue_vector: np.ndarray) -> bool:
+            # With odometry, the drift filter must not learn from a camera that cannot
+            # be trusted: a frozen frame reads as "not turning" while the wheels turn
+            # slowly enough to pass the filter's gate (docs/benchmarks.md, "Graceful
+            # degradation"). Images only the cues are all the model has: kept.
+            nonlocal fault
+            fault = self._health.check(gray, cue_vector, motion, dt, self.config.health)
+            return fault is None or motion is None
+
+        result = self.runtime.step(rgb, odom_motion=motion, dt=dt, trust_cues=trust_cues)
         base_in_start = geometry.compose(
             geometry.compose(self.config.base_to_camera, result.pose), self._camera_to_base
         )
@@ -281,7 +292,6 @@ class Localizer:
             twist_cov = motion_cov / (dt * dt)
 
         sigma = float(np.sqrt(np.mean(np.exp(result.log_var[:3]))))
-        fault = self._health.check(result.gray, result.cues, motion, dt, self.config.health)
         self._update_tracking(sigma, stamp_ns, fault, motion is not None)
         pose_cov, twist_cov = self._covariance, twist_cov
         if self.tracking is TrackingState.LOST:

@@ -12,7 +12,7 @@ import logging
 import time
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,11 +59,6 @@ class StepResult:
     pose: np.ndarray  # (7,) camera optical frame in the start camera frame, xyz_qxyzw
     log_var: np.ndarray  # (6,) log variance of this frame's motion: x, y, z, rx, ry, rz
     step_ms: float
-    # The classical cues fed (cues.CUE_DIM,) and the grey image they were computed on
-    # (cue size), None for a model without cues: what latent_memory_ros.health judges
-    # the camera by.
-    cues: np.ndarray | None = None
-    gray: np.ndarray | None = None
 
 
 @dataclass
@@ -393,21 +388,29 @@ class StudentRuntime:
         )
 
     def step(
-        self, rgb: np.ndarray, odom_motion: np.ndarray | None = None, dt: float | None = None
+        self,
+        rgb: np.ndarray,
+        odom_motion: np.ndarray | None = None,
+        dt: float | None = None,
+        trust_cues: Callable[[np.ndarray, np.ndarray], bool] | None = None,
     ) -> StepResult:
-        """Feed one frame; returns the pose of this frame's camera in the start frame."""
+        """Feed one frame; returns the pose of this frame's camera in the start frame.
+        ``trust_cues(gray, cue_vector)``, when given, is asked before the network runs;
+        False feeds the network "no cues" (valid 0), so that its drift filter does not
+        learn from a camera that cannot be trusted."""
         start = time.perf_counter()
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
         feed = {"image": self.preprocess(rgb)}
         names = self.spec.inputs_optional
-        gray = None
         if "cues" in names:
             gray = cues.to_gray(rgb, self._cue_config)
             feed["cues"] = cues.two_view_cues(
                 self._prev_gray, gray, self._camera_cue_intrinsics, self._cue_config
             )[None]
             self._prev_gray = gray
+            if trust_cues is not None and not trust_cues(gray, feed["cues"][0]):
+                feed["cues"] = np.zeros_like(feed["cues"])
         if "odom" in names:
             if odom_motion is None:
                 feed["odom"] = _ODOM_INVALID
@@ -430,8 +433,6 @@ class StudentRuntime:
             pose=pose,
             log_var=result["log_var"][0].astype(np.float64),
             step_ms=(time.perf_counter() - start) * 1e3,
-            cues=feed["cues"][0] if "cues" in feed else None,
-            gray=gray,
         )
 
     def run(

@@ -310,3 +310,29 @@ def test_a_camera_that_cannot_be_trusted_is_uncertain_with_odometry_and_lost_wit
 def covered_frames(count: int) -> list[np.ndarray]:
     rng = np.random.default_rng(3)
     return [np.clip(rng.normal(30, 2, (72, 96, 3)), 0, 255).astype(np.uint8) for _ in range(count)]
+
+
+def _turning(localizer: Localizer, rgb: np.ndarray, k: int, yaw_per_frame: float) -> Estimate:
+    stamp = 10**9 + k * STEP_NS
+    yaw = yaw_per_frame * k
+    base = np.array([0.05 * k, 0, 0, 0, 0, np.sin(yaw / 2), np.cos(yaw / 2)])
+    localizer.add_odometry(stamp, base)
+    return localizer.process(rgb, stamp, use_odometry=True)
+
+
+@pytest.mark.parametrize("checks", [True, False])
+def test_a_frozen_camera_does_not_teach_the_drift_filter(runtime, checks: bool) -> None:
+    """A frozen frame reads as "not turning" while the wheels turn slowly, within the
+    drift filter's gate: without the vision checks the filter takes the turn for drift
+    (and then removes it from good odometry); with them it is not fed those cues."""
+    config = LocalizerConfig(base_to_camera=MOUNT.copy(), health=HealthConfig(enabled=checks))
+    localizer = Localizer(runtime, config)
+    frozen = rgb_frames(1)[0]
+    for k in range(40):
+        estimate = _turning(localizer, frozen, k, yaw_per_frame=0.005)  # 0.05 rad/s
+    drift = float(np.abs(runtime.state["bias"]).max())
+    if checks:
+        assert estimate.vision_fault is VisionFault.FROZEN
+        assert drift < 1e-3
+    else:
+        assert drift > 0.01  # rad/s: what the frozen camera taught it
