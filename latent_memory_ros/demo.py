@@ -319,16 +319,16 @@ def score(run: BagRun, mount: np.ndarray, collected: dict[str, Any], out: Path) 
 
 
 def memory_ablation(
-    run: BagRun, model_dir: Path, providers: list[str] | None = None
+    run: BagRun, model_dir: Path, providers: list[str] | None = None, odometry: bool = True
 ) -> dict[str, float]:
     """The run's frames offline through the runtime (and the odometry, when the model
-    takes it), with the memory carried and with it reset before every frame: their ATE
-    and the memory gain ``1 - carried / reset``."""
+    takes it and ``odometry``), with the memory carried and with it reset before every
+    frame: their ATE and the memory gain ``1 - carried / reset``."""
     from latent_memory_ros.runtime import StudentRuntime
 
     assert run.gt is not None
     rt = StudentRuntime(model_dir, providers=providers)
-    odom = run.odom_at(run.image_stamps) if rt.spec.uses_odom else None
+    odom = run.odom_at(run.image_stamps) if rt.spec.uses_odom and odometry else None
     camera = None if run.intrinsics is None else run.intrinsics.array
     ate = {}
     for name, reset in (("carried", False), ("reset", True)):
@@ -396,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics = score(run, run.base_to_camera, collected, out)
         print("memory ablation: the same frames offline, memory carried and reset ...", flush=True)
         metrics |= memory_ablation(run, model_dir, metrics["providers"] or None)
+        images = memory_ablation(run, model_dir, metrics["providers"] or None, odometry=False)
+        metrics |= {f"images_only_{k}": v for k, v in images.items()}
     except DemoError as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 1
@@ -430,7 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"memory gain (the same frames offline, memory reset before every frame): "
         f"{metrics['memory_gain']:.3f} (ATE {metrics['memory_carried_ate_rmse_m']:.4f} m "
-        f"carried, {metrics['memory_reset_ate_rmse_m']:.4f} m reset)"
+        f"carried, {metrics['memory_reset_ate_rmse_m']:.4f} m reset); images only "
+        f"{metrics['images_only_memory_gain']:.3f} (ATE "
+        f"{metrics['images_only_memory_carried_ate_rmse_m']:.4f} m carried, "
+        f"{metrics['images_only_memory_reset_ate_rmse_m']:.4f} m reset)"
     )
     print(
         f"time: render {metrics['render_s']} s, replay {metrics['replay_s']} s, "
