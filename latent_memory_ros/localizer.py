@@ -46,9 +46,12 @@ from latent_memory_ros.runtime import CameraMotionFromOdometry, StudentRuntime
 
 __all__ = [
     "LOST_VARIANCE",
+    "RESTART_EVENTS",
     "Estimate",
+    "EventKind",
     "Localizer",
     "LocalizerConfig",
+    "Restart",
     "SnapshotError",
     "StampError",
     "TrackingState",
@@ -69,6 +72,28 @@ class TrackingState(enum.Enum):
     OK = 0
     UNCERTAIN = 1
     LOST = 2
+
+
+class EventKind(str, enum.Enum):
+    """What happened on a frame (:attr:`Estimate.events`); the value is also the key the
+    node throttles its warnings by."""
+
+    TIME_BACKWARDS = "time_backwards"
+    GAP = "gap"
+    JITTER = "jitter"
+    LOST_RESET = "lost_reset"
+    NO_ODOMETRY = "no_odometry"
+
+
+# The events that restart the memory (counted as memory_resets on /diagnostics).
+RESTART_EVENTS = frozenset({EventKind.TIME_BACKWARDS, EventKind.GAP, EventKind.LOST_RESET})
+
+
+class Restart(str, enum.Enum):
+    """What a frame's stamp restarted before it ran (:attr:`Estimate.restart`)."""
+
+    MEMORY = "memory"  # a gap: the memory starts over, the pose continues
+    FULL = "full"  # time went back: memory, pose and path start over
 
 
 class SnapshotError(RuntimeError):
@@ -108,10 +133,10 @@ class Estimate:
     sigma_m: float  # predicted per-frame translation sigma
     step_ms: float
     odometry_used: bool
-    # (kind, message) of what happened on this frame: time_backwards, gap, jitter,
-    # lost_reset, no_odometry. A "full" restart also means the path starts over.
-    events: list[tuple[str, str]] = field(default_factory=list)
-    restart: str | None = None  # None, "memory" or "full"
+    # (kind, message) of what happened on this frame. A full restart also means the
+    # path starts over.
+    events: list[tuple[EventKind, str]] = field(default_factory=list)
+    restart: Restart | None = None
     vision_fault: VisionFault | None = None  # why this frame's camera was not trusted
 
 
@@ -240,7 +265,7 @@ class Localizer:
     def process(self, rgb: np.ndarray, stamp_ns: int, use_odometry: bool) -> Estimate:
         """Run one frame; raises :class:`StampError` for a repeated stamp or the first
         frame after a time jump (nothing changes then)."""
-        events: list[tuple[str, str]] = []
+        events: list[tuple[EventKind, str]] = []
         restart = self._check_time(stamp_ns, events)
         dt = None
         if self._last_stamp_ns is not None:
@@ -254,7 +279,7 @@ class Localizer:
                 self._camera_motion.reset()
                 events.append(
                     (
-                        "no_odometry",
+                        EventKind.NO_ODOMETRY,
                         f"no odometry within {self.config.odom_tolerance_s:.3f} s of the "
                         "image stamp; this frame runs without it",
                     )
@@ -315,14 +340,14 @@ class Localizer:
         if self._lost_too_long(stamp_ns):
             lost_for = (stamp_ns - (self._lost_since_ns or stamp_ns)) * 1e-9
             events.append(
-                ("lost_reset", f"tracking lost for {lost_for:.1f} s: the memory restarts")
+                (EventKind.LOST_RESET, f"tracking lost for {lost_for:.1f} s: the memory restarts")
             )
             self._restart_memory()
         return estimate
 
-    def _check_time(self, stamp_ns: int, events: list[tuple[str, str]]) -> str | None:
-        """The restart this frame's stamp calls for: None, "memory" (a gap) or "full"
-        (time went back). A jump (back, or ahead by more than ``max_gap_s``) is acted on
+    def _check_time(self, stamp_ns: int, events: list[tuple[EventKind, str]]) -> Restart | None:
+        """The restart this frame's stamp calls for: None, a memory restart (a gap) or a
+        full one (time went back). A jump (back, or ahead by more than ``max_gap_s``) is acted on
         only at the second frame that lands on the new time; the first one raises
         StampError, so one wild stamp among good ones is rejected and nothing resets."""
         last = self._last_stamp_ns
@@ -347,35 +372,35 @@ class Localizer:
             if abs(dt - typical) > self.config.jitter_warn_s:
                 events.append(
                     (
-                        "jitter",
+                        EventKind.JITTER,
                         f"frame interval {dt * 1e3:.1f} ms, typically {typical * 1e3:.1f} ms",
                     )
                 )
         self._dts.append(dt)
         return None
 
-    def _jump(self, new_time_ns: int, events: list[tuple[str, str]]) -> str:
+    def _jump(self, new_time_ns: int, events: list[tuple[EventKind, str]]) -> Restart:
         """Act on a time jump to ``new_time_ns`` that two frames in a row confirmed."""
         jump = (new_time_ns - self._last_stamp_ns) * 1e-9
         if jump < 0.0:
             events.append(
                 (
-                    "time_backwards",
+                    EventKind.TIME_BACKWARDS,
                     f"image stamp went back by {-jump:.3f} s (a bag loop?): memory, pose "
                     "and path reset",
                 )
             )
             self.reset()
-            return "full"
+            return Restart.FULL
         events.append(
             (
-                "gap",
+                EventKind.GAP,
                 f"{jump:.3f} s since the previous frame (max_gap_s "
                 f"{self.config.max_gap_s:g}): the memory restarts, the pose continues",
             )
         )
         self._restart_memory()
-        return "memory"
+        return Restart.MEMORY
 
     @property
     def tracking_thresholds(self) -> tuple[float, float]:

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from latent_memory_ros import cues, geometry
+from latent_memory_ros.defaults import DEFAULT_PROVIDERS
 from latent_memory_ros.model_format import (
     METADATA_FILE,
     ODOM_NONE,
@@ -45,11 +46,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROVIDERS = (
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "CPUExecutionProvider",
-)
 _GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider"}
 _ODOM_INVALID = np.array([ODOM_NONE], dtype=np.float32)
 

@@ -25,14 +25,11 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from latent_memory_ros import geometry
+from latent_memory_ros.conversions import pose_to_array
 from latent_memory_ros.images import camera_info_topic
+from latent_memory_ros.messages import pose_to_msg
 from latent_memory_ros.model_format import default_model_dir
-from latent_memory_ros.node import (
-    StartupError,
-    image_qos_profile,
-    pose_from_msg,
-    pose_to_msg,
-)
+from latent_memory_ros.node import StartupError, image_qos_profile
 from latent_memory_ros.parameters import PARAMETERS
 from latent_memory_ros.runtime import StudentRuntime
 
@@ -239,7 +236,7 @@ def test_every_frame_gets_a_pose_odometry_and_path_with_its_stamp(harness: Harne
     assert len(set(stamps)) == len(frames)
     for pose in poses:
         assert pose.header.frame_id == ODOM_FRAME
-        q = pose_from_msg(pose.pose)[3:]
+        q = pose_to_array(pose.pose)[3:]
         assert np.isclose(np.linalg.norm(q), 1.0, atol=1e-6)
 
     harness.wait(lambda: all(s in harness.odometry for s in stamps), "odometry for every frame")
@@ -248,7 +245,7 @@ def test_every_frame_gets_a_pose_odometry_and_path_with_its_stamp(harness: Harne
         odometry = harness.odometry[stamp]
         assert odometry.header.frame_id == ODOM_FRAME
         assert odometry.child_frame_id == BASE_FRAME
-        np.testing.assert_allclose(pose_from_msg(odometry.pose.pose), pose_from_msg(pose.pose))
+        np.testing.assert_allclose(pose_to_array(odometry.pose.pose), pose_to_array(pose.pose))
         covariance = np.asarray(odometry.pose.covariance).reshape(6, 6)
         np.testing.assert_allclose(covariance, covariance.T, atol=1e-12)
         assert np.all(np.diag(covariance) > 0)
@@ -260,7 +257,7 @@ def test_every_frame_gets_a_pose_odometry_and_path_with_its_stamp(harness: Harne
             assert not twist.any()
         else:
             # Velocity of the base in its own (previous) frame over the 0.1 s between stamps.
-            step = geometry.relative(pose_from_msg(previous.pose), pose_from_msg(pose.pose))
+            step = geometry.relative(pose_to_array(previous.pose), pose_to_array(pose.pose))
             expected = np.concatenate([step[:3], geometry.quat_to_rotvec(step[3:])]) / 0.1
             np.testing.assert_allclose(twist, expected, rtol=1e-6, atol=1e-9)
             assert np.all(np.diag(np.asarray(odometry.twist.covariance).reshape(6, 6)) > 0)
@@ -289,8 +286,8 @@ def test_reset_starts_over(harness: Harness) -> None:
     # Same first frame after the reset: memory and pose are back at the start, so the
     # answer is the start answer again (whatever the model predicts for a first frame).
     again = harness.send_frame(frames[0], base_x=5.0)
-    np.testing.assert_allclose(pose_from_msg(again.pose), pose_from_msg(first.pose), atol=1e-5)
-    assert np.linalg.norm(pose_from_msg(again.pose)[:3]) < 0.5
+    np.testing.assert_allclose(pose_to_array(again.pose), pose_to_array(first.pose), atol=1e-5)
+    assert np.linalg.norm(pose_to_array(again.pose)[:3]) < 0.5
     harness.wait(
         lambda: any(key(p.header.stamp) == key(again.header.stamp) for p in harness.paths),
         "the path after the reset",
@@ -309,7 +306,7 @@ def test_odometry_arriving_after_its_frame_is_still_that_frames(harness: Harness
         poses = []
         for k, bgr in enumerate(frames):
             if not odometry_late:
-                poses.append(pose_from_msg(harness.send_frame(bgr, base_x=0.2 * k).pose))
+                poses.append(pose_to_array(harness.send_frame(bgr, base_x=0.2 * k).pose))
                 continue
             stamp = harness.next_stamp()
             harness.image_pub.publish(image_msg(bgr, stamp))
@@ -320,7 +317,7 @@ def test_odometry_arriving_after_its_frame_is_still_that_frames(harness: Harness
             assert key(stamp) not in harness.poses  # held, waiting for its odometry
             harness.send_odometry(stamp, 0.2 * k)
             harness.wait(lambda s=stamp: key(s) in harness.poses, "the held frame's pose")
-            poses.append(pose_from_msg(harness.poses[key(stamp)].pose))
+            poses.append(pose_to_array(harness.poses[key(stamp)].pose))
         return poses
 
     in_order, late = run(odometry_late=False), run(odometry_late=True)

@@ -40,9 +40,10 @@ from test_node import CAMERA_FRAME, Harness, image_msg, key, texture_frames
 from visualization_msgs.msg import Marker, MarkerArray
 
 from latent_memory_ros import geometry
+from latent_memory_ros.conversions import pose_to_array
 from latent_memory_ros.localizer import LOST_VARIANCE, Localizer, LocalizerConfig
+from latent_memory_ros.messages import pose_to_msg
 from latent_memory_ros.model_format import load_spec
-from latent_memory_ros.node import pose_from_msg, pose_to_msg
 from latent_memory_ros.runtime import StudentRuntime
 
 RELIABLE = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
@@ -177,7 +178,7 @@ def test_odom_to_base_goes_on_tf_and_the_mount_comes_from_tf(
         assert (t.header.frame_id, t.child_frame_id) == ("odom", "base_link")
         assert key(t.header.stamp) == key(pose.header.stamp)
         tr = t.transform.translation
-        np.testing.assert_allclose([tr.x, tr.y, tr.z], pose_from_msg(pose.pose)[:3])
+        np.testing.assert_allclose([tr.x, tr.y, tr.z], pose_to_array(pose.pose)[:3])
     _, values = h.status(lambda v: v["frames_processed"] == "3")
     assert values["extrinsic"] == "tf"
     in_log(node, f"base_link -> {CAMERA_FRAME} from TF")
@@ -351,7 +352,7 @@ def test_set_pose_reanchors_the_output(
     in_log(node, "pose set to [5.0, -3.0")
     pose = h.send_frame(frames[2], base_x=0.1)
     # One frame of motion after the anchor.
-    assert np.linalg.norm(pose_from_msg(pose.pose)[:3] - target[:3]) < 0.3
+    assert np.linalg.norm(pose_to_array(pose.pose)[:3] - target[:3]) < 0.3
     covariance = np.reshape(h.odometry_for(pose).pose.covariance, (6, 6))
     assert np.all(np.diag(covariance) >= 0.25)
 
@@ -364,7 +365,7 @@ def test_memory_snapshots_save_load_refuse_and_start_up(
     h = connect(h, harnesses)
     frames = texture_frames(8)
     for k in range(4):
-        saved_pose = pose_from_msg(h.send_frame(frames[k], base_x=0.1 * k).pose)
+        saved_pose = pose_to_array(h.send_frame(frames[k], base_x=0.1 * k).pose)
     response = call(h, Trigger, "/lm_snapshot/save_memory", Trigger.Request())
     assert response.success, response.message
     assert snapshot.is_file() and [p.name for p in snapshot.parent.iterdir()] == [snapshot.name]
@@ -379,7 +380,7 @@ def test_memory_snapshots_save_load_refuse_and_start_up(
 
     response = call(h, Trigger, "/lm_snapshot/load_memory", Trigger.Request())
     assert response.success, response.message
-    after = pose_from_msg(h.send_frame(frames[4], base_x=5.0).pose)
+    after = pose_to_array(h.send_frame(frames[4], base_x=5.0).pose)
     # The pose carries on from where it was saved (one frame of motion).
     assert np.linalg.norm(after[:3] - saved_pose[:3]) < 0.3
 
@@ -966,7 +967,7 @@ def test_queries_answer_from_the_memory_without_changing_it(
         stamp = stamp_ns_of(pose.header.stamp)
         local.add_odometry(stamp, np.array([0.05 * k, 0, 0, 0, 0, 0, 1.0]))
         local.process(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), stamp, True)
-    np.testing.assert_allclose(pose_from_msg(pose.pose), local.last_pose, atol=1e-5)
+    np.testing.assert_allclose(pose_to_array(pose.pose), local.last_pose, atol=1e-5)
     expected = local.runtime.query(cv2.cvtColor(frames[0], cv2.COLOR_BGR2RGB))
 
     def memory() -> dict[str, np.ndarray]:
@@ -984,7 +985,7 @@ def test_queries_answer_from_the_memory_without_changing_it(
     )
     answer = next(a for a in answers if key(a.header.stamp) == key(query_stamp))
     assert answer.header.frame_id == CAMERA_FRAME
-    relative = pose_from_msg(answer.pose.pose)
+    relative = pose_to_array(answer.pose.pose)
     covariance = np.reshape(answer.pose.covariance, (6, 6))
     assert np.all(np.isfinite(relative)) and np.all(np.isfinite(covariance))
     np.testing.assert_allclose(relative, expected.pose, atol=1e-5)
@@ -1000,7 +1001,7 @@ def test_queries_answer_from_the_memory_without_changing_it(
     arrow = arrow.markers[0]
     assert (arrow.header.frame_id, arrow.type, arrow.ns) == ("odom", Marker.ARROW, "query")
     camera = geometry.compose(geometry.compose(local.last_pose, np.array(MOUNT)), expected.pose)
-    drawn = pose_from_msg(arrow.pose)
+    drawn = pose_to_array(arrow.pose)
     np.testing.assert_allclose(drawn[:3], camera[:3], atol=1e-5)
     # The arrow points along the query camera's optical axis (z).
     forward = geometry.quat_rotate(camera[3:], [0.0, 0.0, 1.0])
@@ -1012,10 +1013,10 @@ def test_queries_answer_from_the_memory_without_changing_it(
 
     # The memory was not changed: after a reset, the same frames without a query give
     # the same pose for the next frame.
-    with_query = pose_from_msg(h.send_frame(frames[3], base_x=0.15).pose)
+    with_query = pose_to_array(h.send_frame(frames[3], base_x=0.15).pose)
     assert h.reset().success
     for k, bgr in enumerate(frames):
-        without_query = pose_from_msg(h.send_frame(bgr, base_x=0.05 * k).pose)
+        without_query = pose_to_array(h.send_frame(bgr, base_x=0.05 * k).pose)
     np.testing.assert_allclose(without_query, with_query, atol=1e-9)
     h.status(lambda v: v["queries"] == "1" and v["queries_rejected"] == "2")
     assert "Traceback" not in node.log()
