@@ -23,6 +23,7 @@ from latent_memory_ros import cues, geometry
 from latent_memory_ros.defaults import DEFAULT_PROVIDERS
 from latent_memory_ros.model_format import (
     METADATA_FILE,
+    ODOM_DIM,
     ODOM_NONE,
     OPTIONAL_INPUTS,
     STATE_INIT_FILE,
@@ -201,7 +202,12 @@ class StudentRuntime:
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = {o.name: o for o in self._session.get_outputs()}
         want_in = {"image": [1, 3, self.spec.image_height, self.spec.image_width]}
-        want_in |= {"odom": [1, 8], "dt": [1, 1], "cues": [1, cues.CUE_DIM], "camera": [1, 4]}
+        want_in |= {
+            "odom": [1, ODOM_DIM],
+            "dt": [1, 1],
+            "cues": [1, cues.CUE_DIM],
+            "camera": [1, 4],
+        }
         for name in OPTIONAL_INPUTS:
             if name not in self.spec.inputs_optional:
                 if name in inputs:

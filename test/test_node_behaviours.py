@@ -24,9 +24,18 @@ import cv2
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
-from conftest import REPO, NodeProcess, wait_for
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
+from helpers import (
+    CAMERA_FRAME,
+    REPO,
+    Harness,
+    NodeProcess,
+    image_msg,
+    key,
+    texture_frames,
+    wait_for,
+)
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
@@ -36,11 +45,10 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import SetBool, Trigger
-from test_node import CAMERA_FRAME, Harness, image_msg, key, texture_frames
 from visualization_msgs.msg import Marker, MarkerArray
 
 from latent_memory_ros import geometry
-from latent_memory_ros.conversions import pose_to_array
+from latent_memory_ros.conversions import format_stamp, pose_to_array, stamp_from_ns, stamp_to_ns
 from latent_memory_ros.localizer import LOST_VARIANCE, Localizer, LocalizerConfig
 from latent_memory_ros.messages import pose_to_msg
 from latent_memory_ros.model_format import load_spec
@@ -135,8 +143,7 @@ def in_log(node: NodeProcess, text: str, timeout: float = 10.0) -> None:
 
 
 def stamp_at(seconds: float) -> Time:
-    ns = int(round(seconds * 1e9))
-    return Time(sec=ns // 10**9, nanosec=ns % 10**9)
+    return stamp_from_ns(int(round(seconds * 1e9)), Time)
 
 
 def send_at(harness: Harness, bgr: np.ndarray, seconds: float):
@@ -149,7 +156,7 @@ def send_at(harness: Harness, bgr: np.ndarray, seconds: float):
 def send_rejected_at(harness: Harness, node: NodeProcess, bgr: np.ndarray, stamp: Time) -> None:
     """A frame the node must reject for its stamp: said in the log, and no pose."""
     harness.image_pub.publish(image_msg(bgr, stamp))
-    in_log(node, f"skipping frame stamped {stamp.sec}.{stamp.nanosec:09d}: stamp")
+    in_log(node, f"skipping frame stamped {format_stamp(stamp)}: stamp")
     assert key(stamp) not in harness.poses
 
 
@@ -663,7 +670,7 @@ def test_frames_lost_before_the_node_are_counted_from_their_stamps(
         deadline = time.monotonic() + 0.5
         while not h.poses and time.monotonic() < deadline:
             h.spin()
-    first = round((min(stamp_ns_of(p.header.stamp) for p in h.poses.values()) * 1e-9 - t0) / period)
+    first = round((min(stamp_to_ns(p.header.stamp) for p in h.poses.values()) * 1e-9 - t0) / period)
     for _ in range(10):  # the camera's rate, learned from the stamps
         send_at(h, frames[slot % 4], t0 + period * slot)
         slot += 1
@@ -964,7 +971,7 @@ def test_queries_answer_from_the_memory_without_changing_it(
     )
     for k, bgr in enumerate(frames[:3]):
         pose = h.send_frame(bgr, base_x=0.05 * k)
-        stamp = stamp_ns_of(pose.header.stamp)
+        stamp = stamp_to_ns(pose.header.stamp)
         local.add_odometry(stamp, np.array([0.05 * k, 0, 0, 0, 0, 0, 1.0]))
         local.process(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), stamp, True)
     np.testing.assert_allclose(pose_to_array(pose.pose), local.last_pose, atol=1e-5)
@@ -1020,10 +1027,6 @@ def test_queries_answer_from_the_memory_without_changing_it(
     np.testing.assert_allclose(without_query, with_query, atol=1e-9)
     h.status(lambda v: v["queries"] == "1" and v["queries_rejected"] == "2")
     assert "Traceback" not in node.log()
-
-
-def stamp_ns_of(stamp: Time) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 # Lifecycle ----------------------------------------------------------------------------
