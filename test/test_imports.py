@@ -21,6 +21,7 @@ ROS_FREE = (
     "latent_memory_ros.distortion",
     "latent_memory_ros.evaluation",
     "latent_memory_ros.geometry",
+    "latent_memory_ros.health",
     "latent_memory_ros.images",
     "latent_memory_ros.localizer",
     "latent_memory_ros.messages",

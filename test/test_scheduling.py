@@ -190,7 +190,7 @@ def test_frame_stats_count_events_and_late_odometry() -> None:
     stats.received(1300, max_gap_ns=10_000)  # 1000 and 1100 and 1200 never came
     frame = Frame(msg=None, stamp_ns=1300, arrived=1.0)
     events = [EventKind.GAP, EventKind.JITTER, EventKind.NO_ODOMETRY, EventKind.LOST_RESET]
-    stats.processed(frame, 5.0, events)
+    stats.processed(frame, 5.0, events, untrusted=True)
     stats.published(0.5)
     assert stats.odometry_arrived(1250, tolerance_ns=100) is None  # before the frame
     assert stats.odometry_arrived(1350, tolerance_ns=100) == (1300, 1.0)
@@ -200,6 +200,7 @@ def test_frame_stats_count_events_and_late_odometry() -> None:
     assert counters["received"] == 11 and counters["missing"] == 3
     assert counters["processed"] == 1 and counters["resets"] == 2 and counters["jitter"] == 1
     assert counters["without_odometry"] == 1 and counters["odometry_late"] == 1
+    assert counters["untrusted"] == 1
     assert snapshot.step_ms == [5.0] and snapshot.publish_ms == [0.5]
     assert snapshot.camera_period_s == pytest.approx(100e-9)
 
