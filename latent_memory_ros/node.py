@@ -91,11 +91,12 @@ PACKAGE = "latent_memory_ros"
 DIAGNOSTICS_PERIOD_S = 1.0
 PATH_FLUSH_PERIOD_S = 0.1  # how soon a path held back by path_period_s goes out once due
 DEFAULTS = {p.name: p.default for p in PARAMETERS}
-# Parameters that may change while the node runs (the others are read once, at
-# configure, and ROS refuses to change them); those named like a LocalizerConfig field
-# go to the localizer's configuration, the others to the node's outputs.
-WRITABLE_PARAMETERS = frozenset(p.name for p in PARAMETERS if not p.read_only)
-LOCALIZER_PARAMETERS = WRITABLE_PARAMETERS & {f.name for f in fields(LocalizerConfig)}
+# Parameters named like a LocalizerConfig field set it, at configure and (the writable
+# ones: ROS refuses to change the others) whenever they change; base_to_camera is
+# checked first and given to the constructor.
+LOCALIZER_PARAMETERS = {p.name for p in PARAMETERS} & (
+    {f.name for f in fields(LocalizerConfig)} - {"base_to_camera"}
+)
 
 
 class StartupError(RuntimeError):
@@ -230,9 +231,7 @@ class LocalisationCore:
             camera_frame=param("camera_frame"),
             snapshot_path=DEFAULTS["snapshot_path"],
         )
-        self._apply_parameters(
-            [self.node.get_parameter(name) for name in sorted(WRITABLE_PARAMETERS)], localizer
-        )
+        self._apply_parameters([self.node.get_parameter(p.name) for p in PARAMETERS], localizer)
         self._load_snapshot(localizer)
         if not localizer.runtime.supports_query:
             self._log().info(
@@ -400,7 +399,8 @@ class LocalisationCore:
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, parameters: list[Parameter], localizer: Localizer) -> None:
-        """Route writable parameters to where they take effect (others are ignored)."""
+        """Route parameters to where they take effect; those read once elsewhere, and
+        unknown ones (use_sim_time), are passed over."""
         for p in parameters:
             if p.name in LOCALIZER_PARAMETERS:
                 setattr(localizer.config, p.name, p.value)
