@@ -200,10 +200,6 @@ class LocalisationCore:
         self._control_group = MutuallyExclusiveCallbackGroup()
         self._query_group = MutuallyExclusiveCallbackGroup()
 
-    @property
-    def localizer(self) -> Localizer | None:
-        return None if self.pipeline is None else self.pipeline.localizer
-
     def _param(self, name: str) -> Any:
         return self.node.get_parameter(name).value
 
