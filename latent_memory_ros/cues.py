@@ -16,17 +16,27 @@ import numpy as np
 
 CUES_VERSION = "lk-heading/1"
 CUE_DIM = 15
-CUE_VALID = 0  # index of the valid flag
 # Layout of the cue vector (documented in docs/model-format.md):
-#   0      valid (1 when enough corners tracked)
-#   1:4    rotation of the current camera in the previous camera frame, rotation vector
-#          (rad), translation-compensated (see rotation_and_heading)
-#   4:7    unit translation direction (heading) of the current camera, z >= 0
-#   7      share of tracks kept by the robust fit
-#   8      tracked corners / max_corners
-#   9:11   median flow (dx, dy) in normalised image units (pixels / fx)
-#   11     median flow magnitude in normalised units
-#   12:15  rotation from a rotation-only fit of the flow (rad)
+CUE_VALID = 0  # 1 when enough corners tracked (the valid flag)
+# Rotation of the current camera in the previous camera frame, rotation vector (rad),
+# translation-compensated (see rotation_and_heading).
+CUE_ROTATION = slice(1, 4)
+CUE_HEADING = slice(4, 7)  # unit translation direction of the current camera, z >= 0
+CUE_INLIERS = 7  # share of tracks kept by the robust fit
+CUE_CORNERS = 8  # tracked corners / max_corners
+CUE_FLOW = slice(9, 11)  # median flow (dx, dy) in normalised image units (pixels / fx)
+CUE_FLOW_MAGNITUDE = 11  # median flow magnitude in normalised units
+CUE_ROTATION_ONLY = slice(12, 15)  # rotation from a rotation-only fit of the flow (rad)
+# The entries a left-right mirror of the image (x -> -x in the optical frame) negates:
+# y and z of the rotation vectors, x of the heading and of the flow.
+CUE_MIRROR_NEGATED = (
+    CUE_ROTATION.start + 1,
+    CUE_ROTATION.start + 2,
+    CUE_HEADING.start,
+    CUE_FLOW.start,
+    CUE_ROTATION_ONLY.start + 1,
+    CUE_ROTATION_ONLY.start + 2,
+)
 
 
 @dataclass(frozen=True)
@@ -159,15 +169,15 @@ def two_view_cues(
     p0 = (corners[ok, 0] - (cx, cy)) / (fx, fy)
     p1 = (tracked[ok, 0] - (cx, cy)) / (fx, fy)
     flow = p1 - p0
-    out[8] = ok.sum() / config.max_corners
-    out[9:11] = np.median(flow, axis=0)
-    out[11] = np.median(np.linalg.norm(flow, axis=1))
+    out[CUE_CORNERS] = ok.sum() / config.max_corners
+    out[CUE_FLOW] = np.median(flow, axis=0)
+    out[CUE_FLOW_MAGNITUDE] = np.median(np.linalg.norm(flow, axis=1))
     rotation, heading, rotation_only, inliers = rotation_and_heading(p0, p1)
-    out[0] = 1.0
-    out[1:4] = rotation
-    out[4:7] = heading
-    out[7] = inliers
-    out[12:15] = rotation_only
+    out[CUE_VALID] = 1.0
+    out[CUE_ROTATION] = rotation
+    out[CUE_HEADING] = heading
+    out[CUE_INLIERS] = inliers
+    out[CUE_ROTATION_ONLY] = rotation_only
     return out
 
 

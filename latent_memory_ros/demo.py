@@ -31,6 +31,7 @@ import numpy as np
 
 from latent_memory_ros import geometry
 from latent_memory_ros.bag import BagRun, read_run
+from latent_memory_ros.conversions import ns_to_sec_nanosec, pose_to_array, stamp_to_s
 from latent_memory_ros.evaluation import (
     baseline_metrics,
     memory_gain,
@@ -144,9 +145,7 @@ def ask_queries(
     answers: dict[float, np.ndarray] = {}
 
     def on_answer(msg: PoseWithCovarianceStamped) -> None:
-        p, q = msg.pose.pose.position, msg.pose.pose.orientation
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        answers[stamp] = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
+        answers[stamp_to_s(msg.header.stamp)] = pose_to_array(msg.pose.pose)
 
     reliable = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
     node.create_subscription(PoseWithCovarianceStamped, QUERY_POSE_TOPIC, on_answer, reliable)
@@ -160,8 +159,7 @@ def ask_queries(
     for stamp, rgb in queries:
         msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8")
         msg.step, msg.data = rgb.shape[1] * 3, rgb.tobytes()
-        ns = round(stamp * 1e9)
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_sec_nanosec(round(stamp * 1e9))
         msg.header.frame_id = frame_id
         answers.clear()
         pub.publish(msg)
@@ -194,9 +192,7 @@ def replay_into_node(
     diagnostics: dict[str, str] = {}
 
     def on_pose(msg: PoseStamped) -> None:
-        p, q = msg.pose.position, msg.pose.orientation
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        poses[stamp] = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
+        poses[stamp_to_s(msg.header.stamp)] = pose_to_array(msg.pose)
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
         for status in msg.status:

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
+from latent_memory_ros.defaults import DEFAULT_MAX_PIXELS
+
 
 class FrameError(ValueError):
     """An image message that cannot be converted; the message says why."""
@@ -64,11 +66,6 @@ cv_bridge knows only some of their names depending on the distribution (and shea
 padded rows, see ``_cv_bridge_to_rgb``), rosbags-image reads packed rows only. One
 ``cv2.cvtColor`` over the strided view decodes all four alike on every machine.
 """
-
-
-DEFAULT_MAX_PIXELS = 4096 * 4096
-"""The default bound on width x height of a frame: above any camera a robot carries (a
-4K UHD frame is 8.3 MPixel), far below what would exhaust a small computer's memory."""
 
 
 def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:

@@ -28,11 +28,7 @@ Snapshots of the memory are written atomically and carry the model's sha256.
 from __future__ import annotations
 
 import enum
-import json
-import os
-import tempfile
 import threading
-import zipfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +39,21 @@ from latent_memory_ros import geometry
 from latent_memory_ros.health import HealthConfig, VisionFault, VisionHealth
 from latent_memory_ros.model_format import STEP_FILE, ModelError
 from latent_memory_ros.runtime import CameraMotionFromOdometry, StudentRuntime
+from latent_memory_ros.snapshots import (
+    SnapshotError,
+    read_snapshot,
+    remove_stale_temporaries,
+    write_snapshot,
+)
 
 __all__ = [
     "LOST_VARIANCE",
+    "RESTART_EVENTS",
     "Estimate",
+    "EventKind",
     "Localizer",
     "LocalizerConfig",
+    "Restart",
     "SnapshotError",
     "StampError",
     "TrackingState",
@@ -59,7 +64,6 @@ IDENTITY = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
 # rtabmap publishes lost odometry with this variance on the diagonal; robot_localization
 # and other filters then give the measurement (almost) no weight.
 LOST_VARIANCE = 9999.0
-SNAPSHOT_FORMAT = "latent-memory-snapshot/1"
 # Two seconds of 100 Hz odometry: more than any camera latency, so the match is there.
 ODOM_BUFFER_LENGTH = 200
 DT_HISTORY = 30
@@ -71,8 +75,26 @@ class TrackingState(enum.Enum):
     LOST = 2
 
 
-class SnapshotError(RuntimeError):
-    """A memory snapshot that cannot be written or used; the message says why."""
+class EventKind(str, enum.Enum):
+    """What happened on a frame (:attr:`Estimate.events`); the value is also the key the
+    node throttles its warnings by."""
+
+    TIME_BACKWARDS = "time_backwards"
+    GAP = "gap"
+    JITTER = "jitter"
+    LOST_RESET = "lost_reset"
+    NO_ODOMETRY = "no_odometry"
+
+
+# The events that restart the memory (counted as memory_resets on /diagnostics).
+RESTART_EVENTS = frozenset({EventKind.TIME_BACKWARDS, EventKind.GAP, EventKind.LOST_RESET})
+
+
+class Restart(str, enum.Enum):
+    """What a frame's stamp restarted before it ran (:attr:`Estimate.restart`)."""
+
+    MEMORY = "memory"  # a gap: the memory starts over, the pose continues
+    FULL = "full"  # time went back: memory, pose and path start over
 
 
 class StampError(ValueError):
@@ -108,38 +130,55 @@ class Estimate:
     sigma_m: float  # predicted per-frame translation sigma
     step_ms: float
     odometry_used: bool
-    # (kind, message) of what happened on this frame: time_backwards, gap, jitter,
-    # lost_reset, no_odometry. A "full" restart also means the path starts over.
-    events: list[tuple[str, str]] = field(default_factory=list)
-    restart: str | None = None  # None, "memory" or "full"
+    # (kind, message) of what happened on this frame. A full restart also means the
+    # path starts over.
+    events: list[tuple[EventKind, str]] = field(default_factory=list)
+    restart: Restart | None = None
     vision_fault: VisionFault | None = None  # why this frame's camera was not trusted
-
-
-def _temporary_prefix(path: Path) -> str:
-    """What :meth:`Localizer.save_snapshot`'s temporary files beside ``path`` start with."""
-    return f".{path.name}."
-
-
-def remove_stale_temporaries(path: Path | str) -> list[Path]:
-    """Delete the temporary files of saves to ``path`` that were killed between writing
-    and renaming them; returns the ones deleted. A save in progress in another process
-    (two nodes sharing one snapshot_path) then fails with an error; it never leaves a
-    broken snapshot, since only the rename publishes one."""
-    path = Path(path).expanduser()
-    removed = []
-    for stale in path.parent.glob(_temporary_prefix(path) + "*"):
-        try:
-            stale.unlink()
-        except OSError:  # gone already, or not ours to delete: the next save tries again
-            continue
-        removed.append(stale)
-    return removed
 
 
 def _rotation_block(rotation: np.ndarray) -> np.ndarray:
     block = np.zeros((6, 6))
     block[:3, :3] = block[3:, 3:] = rotation
     return block
+
+
+class OdometryBuffer:
+    """Recent base poses from odometry by stamp; :meth:`add` and :meth:`covers` take a
+    lock of their own, so odometry keeps flowing in while a frame is being processed."""
+
+    def __init__(self, length: int = ODOM_BUFFER_LENGTH) -> None:
+        self._samples: deque[tuple[int, np.ndarray]] = deque(maxlen=length)
+        self._lock = threading.Lock()
+
+    def add(self, stamp_ns: int, base_pose: np.ndarray) -> None:
+        with self._lock:
+            self._samples.append((stamp_ns, np.asarray(base_pose, dtype=np.float64)))
+
+    def covers(self, stamp_ns: int) -> bool:
+        with self._lock:
+            return bool(self._samples) and self._samples[-1][0] >= stamp_ns
+
+    def at(self, stamp_ns: int, tolerance_ns: int) -> np.ndarray | None:
+        """Interpolated between the samples around ``stamp_ns`` (at most 2 ×
+        ``tolerance_ns`` apart), else the nearest within ``tolerance_ns``."""
+        before = after = None
+        with self._lock:
+            for sample in self._samples:
+                if sample[0] <= stamp_ns:
+                    before = sample
+                elif after is None:
+                    after = sample
+        if before is not None and before[0] == stamp_ns:
+            return before[1]
+        if before is not None and after is not None and after[0] - before[0] <= 2 * tolerance_ns:
+            fraction = (stamp_ns - before[0]) / (after[0] - before[0])
+            return geometry.interpolate(before[1], after[1], fraction)
+        near = [s for s in (before, after) if s is not None]
+        nearest = min(near, key=lambda s: abs(s[0] - stamp_ns), default=None)
+        if nearest is None or abs(nearest[0] - stamp_ns) > tolerance_ns:
+            return None
+        return nearest[1]
 
 
 class Localizer:
@@ -150,8 +189,7 @@ class Localizer:
     def __init__(self, runtime: StudentRuntime, config: LocalizerConfig) -> None:
         self.runtime = runtime
         self.config = config
-        self._odom: deque[tuple[int, np.ndarray]] = deque(maxlen=ODOM_BUFFER_LENGTH)
-        self._odom_lock = threading.Lock()
+        self._odom = OdometryBuffer()
         self._camera_motion = CameraMotionFromOdometry(config.base_to_camera)
         self._health = VisionHealth()
         self.set_base_to_camera(config.base_to_camera)
@@ -206,41 +244,22 @@ class Localizer:
     # Odometry -------------------------------------------------------------------------
 
     def add_odometry(self, stamp_ns: int, base_pose: np.ndarray) -> None:
-        with self._odom_lock:
-            self._odom.append((stamp_ns, np.asarray(base_pose, dtype=np.float64)))
+        self._odom.add(stamp_ns, base_pose)
 
     def odometry_covers(self, stamp_ns: int) -> bool:
-        with self._odom_lock:
-            return bool(self._odom) and self._odom[-1][0] >= stamp_ns
+        return self._odom.covers(stamp_ns)
 
     def odometry_at(self, stamp_ns: int) -> np.ndarray | None:
         """The base pose at ``stamp_ns``: interpolated between the samples around it (at
         most 2 × odom_tolerance_s apart), else the nearest within odom_tolerance_s."""
-        tolerance_ns = int(self.config.odom_tolerance_s * 1e9)
-        before = after = None
-        with self._odom_lock:
-            for sample in self._odom:
-                if sample[0] <= stamp_ns:
-                    before = sample
-                elif after is None:
-                    after = sample
-        if before is not None and before[0] == stamp_ns:
-            return before[1]
-        if before is not None and after is not None and after[0] - before[0] <= 2 * tolerance_ns:
-            fraction = (stamp_ns - before[0]) / (after[0] - before[0])
-            return geometry.interpolate(before[1], after[1], fraction)
-        near = [s for s in (before, after) if s is not None]
-        nearest = min(near, key=lambda s: abs(s[0] - stamp_ns), default=None)
-        if nearest is None or abs(nearest[0] - stamp_ns) > tolerance_ns:
-            return None
-        return nearest[1]
+        return self._odom.at(stamp_ns, int(self.config.odom_tolerance_s * 1e9))
 
     # Frames ---------------------------------------------------------------------------
 
     def process(self, rgb: np.ndarray, stamp_ns: int, use_odometry: bool) -> Estimate:
         """Run one frame; raises :class:`StampError` for a repeated stamp or the first
         frame after a time jump (nothing changes then)."""
-        events: list[tuple[str, str]] = []
+        events: list[tuple[EventKind, str]] = []
         restart = self._check_time(stamp_ns, events)
         dt = None
         if self._last_stamp_ns is not None:
@@ -254,7 +273,7 @@ class Localizer:
                 self._camera_motion.reset()
                 events.append(
                     (
-                        "no_odometry",
+                        EventKind.NO_ODOMETRY,
                         f"no odometry within {self.config.odom_tolerance_s:.3f} s of the "
                         "image stamp; this frame runs without it",
                     )
@@ -315,14 +334,14 @@ class Localizer:
         if self._lost_too_long(stamp_ns):
             lost_for = (stamp_ns - (self._lost_since_ns or stamp_ns)) * 1e-9
             events.append(
-                ("lost_reset", f"tracking lost for {lost_for:.1f} s: the memory restarts")
+                (EventKind.LOST_RESET, f"tracking lost for {lost_for:.1f} s: the memory restarts")
             )
             self._restart_memory()
         return estimate
 
-    def _check_time(self, stamp_ns: int, events: list[tuple[str, str]]) -> str | None:
-        """The restart this frame's stamp calls for: None, "memory" (a gap) or "full"
-        (time went back). A jump (back, or ahead by more than ``max_gap_s``) is acted on
+    def _check_time(self, stamp_ns: int, events: list[tuple[EventKind, str]]) -> Restart | None:
+        """The restart this frame's stamp calls for: None, a memory restart (a gap) or a
+        full one (time went back). A jump (back, or ahead by more than ``max_gap_s``) is acted on
         only at the second frame that lands on the new time; the first one raises
         StampError, so one wild stamp among good ones is rejected and nothing resets."""
         last = self._last_stamp_ns
@@ -347,35 +366,35 @@ class Localizer:
             if abs(dt - typical) > self.config.jitter_warn_s:
                 events.append(
                     (
-                        "jitter",
+                        EventKind.JITTER,
                         f"frame interval {dt * 1e3:.1f} ms, typically {typical * 1e3:.1f} ms",
                     )
                 )
         self._dts.append(dt)
         return None
 
-    def _jump(self, new_time_ns: int, events: list[tuple[str, str]]) -> str:
+    def _jump(self, new_time_ns: int, events: list[tuple[EventKind, str]]) -> Restart:
         """Act on a time jump to ``new_time_ns`` that two frames in a row confirmed."""
         jump = (new_time_ns - self._last_stamp_ns) * 1e-9
         if jump < 0.0:
             events.append(
                 (
-                    "time_backwards",
+                    EventKind.TIME_BACKWARDS,
                     f"image stamp went back by {-jump:.3f} s (a bag loop?): memory, pose "
                     "and path reset",
                 )
             )
             self.reset()
-            return "full"
+            return Restart.FULL
         events.append(
             (
-                "gap",
+                EventKind.GAP,
                 f"{jump:.3f} s since the previous frame (max_gap_s "
                 f"{self.config.max_gap_s:g}): the memory restarts, the pose continues",
             )
         )
         self._restart_memory()
-        return "memory"
+        return Restart.MEMORY
 
     @property
     def tracking_thresholds(self) -> tuple[float, float]:
@@ -438,9 +457,7 @@ class Localizer:
         """Write the memory and the output anchor to ``path`` atomically (a temporary file
         in the same directory, fsynced, then renamed over it). Temporary files of
         earlier saves that were killed are deleted first."""
-        path = Path(path).expanduser()
         meta = {
-            "format": SNAPSHOT_FORMAT,
             "model": self.runtime.spec.name,
             "model_sha256": self.model_sha256,
             "frames": self.runtime.frames,
@@ -450,22 +467,7 @@ class Localizer:
         arrays["covariance"] = self._covariance
         if self._base_in_start is not None:
             arrays["base_in_start"] = self._base_in_start
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(path)
-            fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
-        except OSError as err:
-            raise SnapshotError(f"cannot write the snapshot {path}: {err}") from err
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as err:
-            Path(tmp).unlink(missing_ok=True)
-            raise SnapshotError(f"cannot write the snapshot {path}: {err}") from err
-        return path
+        return write_snapshot(path, meta, arrays)
 
     def load_snapshot(self, path: Path | str) -> dict:
         """Restore a snapshot written by :meth:`save_snapshot` for this same model; the
@@ -473,22 +475,7 @@ class Localizer:
         before the snapshot). Raises :class:`SnapshotError` naming the problem; on error
         nothing changes."""
         path = Path(path).expanduser()
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-            meta = json.loads(str(arrays.pop("meta")))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-            raise SnapshotError(f"cannot read the snapshot {path}: {err}") from err
-        if meta.get("format") != SNAPSHOT_FORMAT:
-            raise SnapshotError(
-                f"{path}: format {meta.get('format')!r}, expected {SNAPSHOT_FORMAT!r}"
-            )
-        if meta.get("model_sha256") != self.model_sha256:
-            raise SnapshotError(
-                f"{path} was written by model '{meta.get('model')}' (step.onnx sha256 "
-                f"{str(meta.get('model_sha256'))[:12]}…); this node runs "
-                f"'{self.runtime.spec.name}' (sha256 {self.model_sha256[:12]}…): refused"
-            )
+        meta, arrays = read_snapshot(path, self.runtime.spec.name, self.model_sha256)
         missing = {"anchor", "covariance"} - set(arrays)
         if missing:
             raise SnapshotError(f"{path}: arrays {sorted(missing)} missing")

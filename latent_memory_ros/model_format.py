@@ -19,7 +19,11 @@ METADATA_FILE = "model.json"
 STATE_INIT_FILE = "state_init.npz"
 OPTIONAL_INPUTS = ("odom", "dt", "cues", "camera")
 # The ``odom`` input row: camera motion since the previous frame (xyz, qxyzw) and a
-# valid flag; this is the row for "no odometry this frame".
+# valid flag; ODOM_NONE is the row for "no odometry this frame".
+ODOM_DIM = 8
+ODOM_MOTION = slice(0, 7)  # the motion as a pose, xyz_qxyzw
+ODOM_TRANSLATION = slice(0, 3)
+ODOM_ROTATION = slice(3, 7)  # quaternion, qxyzw
 ODOM_VALID = 7
 ODOM_NONE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 

@@ -8,8 +8,7 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-from latent_memory_ros.images import DEFAULT_MAX_PIXELS
-from latent_memory_ros.runtime import DEFAULT_PROVIDERS
+from latent_memory_ros.defaults import DEFAULT_MAX_PIXELS, DEFAULT_PROVIDERS
 
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable", "best_effort")
 IMAGE_TRANSPORT_CHOICES = ("raw", "compressed")

@@ -45,6 +45,8 @@ from rclpy.serialization import deserialize_message
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
+from latent_memory_ros.conversions import stamp_to_ns
+
 DEFAULT_ACK_TOPIC = "/latent_memory_node/pose"
 
 # Reliable publishers reach both reliable and best-effort subscribers.
@@ -342,7 +344,7 @@ class BagPlayer:
     def _on_ack(self, msg: PoseStamped) -> None:
         if self._awaiting is None or self._acked_at is not None:
             return
-        if _stamp_ns(msg.header) == self._awaiting:
+        if stamp_to_ns(msg.header.stamp) == self._awaiting:
             self._acked_at = time.monotonic()
 
     def _spin_until(self, t: float) -> None:
@@ -362,12 +364,8 @@ class BagPlayer:
             for conn, log_ns, raw in reader.messages(connections):
                 msg = deserialize_message(bytes(raw), self._classes[conn.topic])
                 header = getattr(msg, "header", None)
-                stamp = _stamp_ns(header) if header is not None else log_ns
+                stamp = stamp_to_ns(header.stamp) if header is not None else log_ns
                 yield _Message(conn.topic, log_ns, stamp, msg)
-
-
-def _stamp_ns(header: Any) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,12 +6,9 @@ nothing of messages, topics or clocks.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import time
-import zipfile
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +17,20 @@ import cv2
 import numpy as np
 
 from latent_memory_ros import cues, geometry
+from latent_memory_ros.defaults import DEFAULT_PROVIDERS
+from latent_memory_ros.model_files import (
+    check_query_graph,
+    check_step_graph,
+    checked_file,
+    load_init_state,
+    load_session,
+)
 from latent_memory_ros.model_format import (
     METADATA_FILE,
     ODOM_NONE,
-    OPTIONAL_INPUTS,
-    STATE_INIT_FILE,
     STEP_FILE,
     ModelError,
     ModelSpec,
-    StateSpec,
-    file_sha256,
     load_spec,
 )
 
@@ -45,11 +46,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROVIDERS = (
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "CPUExecutionProvider",
-)
 _GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider"}
 _ODOM_INVALID = np.array([ODOM_NONE], dtype=np.float32)
 
@@ -115,7 +111,7 @@ class StudentRuntime:
         import onnxruntime as ort
 
         self.spec: ModelSpec = load_spec(model_dir)
-        step_path = self._checked_file(STEP_FILE)
+        step_path = checked_file(self.spec, STEP_FILE)
         requested = list(providers or DEFAULT_PROVIDERS)
         available = set(ort.get_available_providers())
         usable = [p for p in requested if p in available] or ["CPUExecutionProvider"]
@@ -126,7 +122,7 @@ class StudentRuntime:
         # onnxruntime print()s its own provider fallback to stdout, which would corrupt a
         # CLI's output: capture it and fold the reason into our warning instead.
         ep_messages = io.StringIO()
-        self._session = self._load_session(step_path, options, usable, ep_messages)
+        self._session = load_session(step_path, options, usable, ep_messages)
         self.requested_providers = requested
         self.active_providers = list(self._session.get_providers())
         wanted_gpu = [p for p in requested if p in _GPU_PROVIDERS]
@@ -139,22 +135,22 @@ class StudentRuntime:
                 f"{', '.join(self.active_providers)}" + (f" ({reason[:300]})" if reason else "")
             )
             log.warning("latent_memory runtime: %s", self.fallback_warning)
-        self._check_graph(step_path)
+        check_step_graph(self.spec, self._session, step_path)
         self._query_session = None
         self._query_state: tuple[str, ...] = ()
         if self.spec.query is not None:
-            query_path = self._checked_file(self.spec.query.file)
-            self._query_session = self._load_session(
+            query_path = checked_file(self.spec, self.spec.query.file)
+            self._query_session = load_session(
                 query_path, options, self.active_providers, io.StringIO()
             )
-            self._check_query_graph(query_path)
+            check_query_graph(self.spec, self._query_session, query_path)
             self._query_state = tuple(
                 name.removeprefix("state.")
                 for name in self.spec.query.inputs
                 if name.startswith("state.")
             )
         self._query_camera = self.spec.query is not None and "camera" in self.spec.query.inputs
-        self._init_state = self._load_init_state()
+        self._init_state = load_init_state(self.spec)
         self._mean = np.array(self.spec.mean, dtype=np.float32).reshape(3, 1, 1) * 255.0
         self._inv_std = 1.0 / (np.array(self.spec.std, dtype=np.float32).reshape(3, 1, 1) * 255.0)
         self._cue_config = cues.CueConfig(
@@ -172,115 +168,6 @@ class StudentRuntime:
             if self.supports_query:
                 self.query(blank)
         self.reset()
-
-    def _checked_file(self, name: str) -> Path:
-        """A graph file of the model directory, present and matching ``sha256.<name>``."""
-        path = self.spec.directory / name
-        if not path.is_file():
-            raise ModelError(f"{path}: file missing")
-        expected = self.spec.sha256.get(name)
-        if expected is None:
-            raise ModelError(
-                f"{self.spec.directory / METADATA_FILE}: field 'sha256.{name}' missing"
-            )
-        if file_sha256(path) != expected:
-            raise ModelError(
-                f"{path}: sha256 does not match field 'sha256.{name}' of model.json"
-                " (the graph was changed after export)"
-            )
-        return path
-
-    @staticmethod
-    def _load_session(path: Path, options, providers: list[str], messages: io.StringIO):
-        import onnxruntime as ort
-
-        try:
-            with contextlib.redirect_stdout(messages):
-                return ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as err:  # onnxruntime raises several unrelated types
-            raise ModelError(f"{path}: onnxruntime cannot load it ({err})") from err
-
-    def _check_graph(self, step_path: Path) -> None:
-        meta = self.spec.directory / "model.json"
-        inputs = {i.name: i for i in self._session.get_inputs()}
-        outputs = {o.name: o for o in self._session.get_outputs()}
-        want_in = {"image": [1, 3, self.spec.image_height, self.spec.image_width]}
-        want_in |= {"odom": [1, 8], "dt": [1, 1], "cues": [1, cues.CUE_DIM], "camera": [1, 4]}
-        for name in OPTIONAL_INPUTS:
-            if name not in self.spec.inputs_optional:
-                if name in inputs:
-                    raise ModelError(
-                        f"{meta}: field 'inputs_optional' lacks '{name}' but {step_path.name} "
-                        f"takes input '{name}'"
-                    )
-                del want_in[name]
-        for s in self.spec.state:
-            want_in[f"state.{s.name}"] = list(s.shape)
-        want_out = {"pose": [1, 7], "log_var": [1, 6]}
-        want_out |= {f"state_out.{s.name}": list(s.shape) for s in self.spec.state}
-        _check_signature(
-            meta, step_path.name, inputs, outputs, want_in, want_out, "'state' / 'inputs_optional'"
-        )
-        _check_state_types(meta, step_path.name, inputs, self.spec.state)
-        if (
-            "cues" in self.spec.inputs_optional
-            and self.spec.cues.get("version") != cues.CUES_VERSION
-        ):
-            raise ModelError(
-                f"{meta}: field 'cues.version' is '{self.spec.cues.get('version')}', "
-                f"this runtime computes '{cues.CUES_VERSION}'"
-            )
-
-    def _check_query_graph(self, query_path: Path) -> None:
-        meta = self.spec.directory / METADATA_FILE
-        shapes = {f"state.{s.name}": list(s.shape) for s in self.spec.state}
-        shapes["image"] = [1, 3, self.spec.image_height, self.spec.image_width]
-        shapes["camera"] = [1, 4]
-        want_in = {name: shapes[name] for name in self.spec.query.inputs}
-        want_out = {"rel_pose": [1, 7], "log_var": [1, 6]}
-        inputs = {i.name: i for i in self._query_session.get_inputs()}
-        outputs = {o.name: o for o in self._query_session.get_outputs()}
-        _check_signature(
-            meta, query_path.name, inputs, outputs, want_in, want_out, "'query.inputs'"
-        )
-        _check_state_types(meta, query_path.name, inputs, self.spec.state)
-
-    def _load_init_state(self) -> dict[str, np.ndarray]:
-        """The initial state from ``state_init.npz``, each array exactly as model.json's
-        ``state`` declares it. Without the file the state starts at zeros (said once),
-        unless the model carries a pose (role ``pose``): an all-zero quaternion is no
-        rotation, and every pose would come out NaN."""
-        path = self.spec.directory / STATE_INIT_FILE
-        if not path.is_file():
-            poses = [s.name for s in self.spec.state if s.role == "pose"]
-            if poses:
-                raise ModelError(
-                    f"{path}: file missing; the model needs its learned initial state "
-                    f"(model.json field 'state': {poses} is a pose, which cannot start at "
-                    "zeros)"
-                )
-            log.warning("latent_memory runtime: %s missing: the state starts at zeros", path)
-            return {s.name: np.zeros(s.shape, dtype=s.dtype) for s in self.spec.state}
-        try:
-            saved = np.load(path, allow_pickle=False)  # a model file must not run code
-            if not isinstance(saved, np.lib.npyio.NpzFile):
-                raise ValueError("one .npy array, not an .npz archive")
-            with saved:
-                arrays = {name: saved[name] for name in saved.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-            raise ModelError(f"{path}: not a readable .npz archive of arrays ({err})") from err
-        state = {}
-        for s in self.spec.state:
-            value = arrays.get(s.name)
-            if value is None:
-                raise ModelError(f"{path}: array '{s.name}' missing (model.json field 'state')")
-            if value.shape != s.shape or value.dtype != np.dtype(s.dtype):
-                raise ModelError(
-                    f"{path}: array '{s.name}' is {value.dtype} {value.shape}, model.json "
-                    f"field 'state' declares {s.dtype} {s.shape}"
-                )
-            state[s.name] = value
-        return state
 
     def reset(self) -> None:
         """Forget everything: memory, pose and the previous frame."""
@@ -477,52 +364,3 @@ class StudentRuntime:
             log_var=np.array(log_var).reshape(-1, 6),
             step_ms=np.array(step_ms),
         )
-
-
-# onnxruntime's names of the element types a state entry's model.json dtype can be.
-_ORT_TYPES = {
-    "float32": "tensor(float)",
-    "float16": "tensor(float16)",
-    "float64": "tensor(double)",
-    "int32": "tensor(int32)",
-    "int64": "tensor(int64)",
-}
-
-
-def _check_state_types(meta: Path, graph: str, inputs: dict, states: Iterable[StateSpec]) -> None:
-    """Each state input of the graph has the dtype model.json declares: otherwise
-    onnxruntime fails only at the first step, with its own traceback."""
-    for i, s in enumerate(states):
-        arg = inputs.get(f"state.{s.name}")
-        if arg is not None and arg.type != _ORT_TYPES.get(s.dtype):
-            raise ModelError(
-                f"{meta}: field 'state[{i}].dtype' is '{s.dtype}' but {graph} input "
-                f"'state.{s.name}' is {arg.type}"
-            )
-
-
-def _check_signature(
-    meta: Path,
-    graph: str,
-    inputs: dict,
-    outputs: dict,
-    want_in: dict[str, list[int]],
-    want_out: dict[str, list[int]],
-    described_by: str,
-) -> None:
-    """The graph's inputs and outputs are exactly the ones model.json implies."""
-    for kind, have, want in (("input", inputs, want_in), ("output", outputs, want_out)):
-        extra = set(have) - set(want)
-        if extra:
-            raise ModelError(
-                f"{meta}: {graph} has {kind}s {sorted(extra)} that field {described_by} "
-                "does not describe"
-            )
-        for name, shape in want.items():
-            if name not in have:
-                raise ModelError(f"{meta}: {graph} lacks {kind} '{name}'")
-            if list(have[name].shape) != shape:
-                raise ModelError(
-                    f"{meta}: {graph} {kind} '{name}' has shape "
-                    f"{list(have[name].shape)}, model.json implies {shape}"
-                )

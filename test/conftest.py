@@ -8,61 +8,19 @@ this process and every node it starts agree on it and concurrent sessions do not
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO, NodeProcess, node_environment
 
 os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.pop("ROS_STATIC_PEERS", None)
 # Humble reads only ROS_LOCALHOST_ONLY; Jazzy and later read the discovery range.
 os.environ["ROS_LOCALHOST_ONLY"] = "1"
-
-
-@dataclass
-class NodeProcess:
-    """A node started with ``python -m``; its stdout and stderr go to one log file."""
-
-    process: subprocess.Popen
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"node still running after {timeout} s; its log:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            # SIGINT is what Ctrl-C and ros2 launch send: the node should shut down cleanly.
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
-def node_environment() -> dict[str, str]:
-    """This process's environment: the ROS wheels' LD_LIBRARY_PATH and bootstrap marker
-    travel together (or not at all), plus the session's domain and the repo on the path."""
-    env = dict(os.environ)
-    path = [str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(path)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -107,24 +65,3 @@ def model_dir() -> Path:
     if not (path / "model.json").is_file():
         pytest.skip(f"no exported model at {path} (models/default is shipped by the exporter)")
     return path
-
-
-def wait_for(
-    condition: Callable[[], bool],
-    timeout: float,
-    spin: Callable[[], None],
-    what: str,
-    node: NodeProcess | None = None,
-) -> None:
-    """Spin until ``condition()``; fail naming ``what`` (with the node's log) on timeout."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if node is not None and node.process.poll() is not None:
-            pytest.fail(
-                f"node exited with {node.process.returncode} while waiting for {what}; "
-                f"its log:\n{node.log()}"
-            )
-        if time.monotonic() > deadline:
-            log = f"; node log:\n{node.log()}" if node is not None else ""
-            pytest.fail(f"timed out after {timeout} s waiting for {what}{log}")
-        spin()

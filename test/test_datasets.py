@@ -10,11 +10,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import TYPESTORE, T, bag_header, bag_pose, bag_transform
 from rosbags.rosbag2 import StoragePlugin, Writer
-from test_bag import TYPESTORE, T, _header, _pose, _transform
 
 from latent_memory_ros import geometry
 from latent_memory_ros.bag import BagReadError, BagTopicError
+from latent_memory_ros.conversions import stamp_from_ns
 from latent_memory_ros.datasets import ReadOptions, detect_format, find_runs, read_sequence
 from latent_memory_ros.tracks import DatasetError, Track
 from latent_memory_training.data.generate import render_sequence
@@ -237,12 +238,12 @@ def write_robot_bag(
         def write(topic: str, stamp: int, msg: object) -> None:
             writer.write(conns[topic], stamp, TYPESTORE.serialize_cdr(msg, conns[topic].msgtype))
 
-        mount = [_transform("base_link", "cam_link", link),
-                 _transform("cam_link", "cam_optical", geometry.relative(link, seq.base_to_camera))]  # fmt: skip
+        mount = [bag_transform("base_link", "cam_link", link),
+                 bag_transform("cam_link", "cam_optical", geometry.relative(link, seq.base_to_camera))]  # fmt: skip
         write("/tf_static", int(ns[0]), T.TFMessage(transforms=mount))
         for i, stamp in enumerate(int(v) for v in ns):
             write("/cam/camera_info", stamp, T.CameraInfo(
-                header=_header(stamp, "cam_optical"), height=height, width=width,
+                header=bag_header(stamp, "cam_optical"), height=height, width=width,
                 distortion_model="plumb_bob", d=np.array(d, dtype=np.float64),
                 k=np.array([fx, 0, cx, 0, fy, cy, 0, 0, 1.0]), r=np.eye(3).ravel(),
                 p=np.array([fx, 0, cx, 0, 0, fy, cy, 0, 0, 0, 1.0, 0]), binning_x=0, binning_y=0,
@@ -250,28 +251,28 @@ def write_robot_bag(
             ))  # fmt: skip
             if image == "compressed":
                 ok, png = cv2.imencode(".png", seq.images[i][..., ::-1])
-                msg = T.CompressedImage(header=_header(stamp, "cam_optical"), format="rgb8; png compressed bgr8",
+                msg = T.CompressedImage(header=bag_header(stamp, "cam_optical"), format="rgb8; png compressed bgr8",
                                         data=png.ravel())  # fmt: skip
             else:
                 grey = np.ascontiguousarray(seq.images[i][..., 0])
-                msg = T.Image(header=_header(stamp, "cam_optical"), height=height, width=width,
+                msg = T.Image(header=bag_header(stamp, "cam_optical"), height=height, width=width,
                               encoding="mono8", is_bigendian=0, step=width, data=grey.ravel())  # fmt: skip
             write(image_topic, stamp, msg)
             if gt == "tf":
-                transforms = [_transform("odom", "base_link", seq.odom_base[i])]
+                transforms = [bag_transform("odom", "base_link", seq.odom_base[i])]
                 if i % 2 == 0 or i == len(seq) - 1:
-                    transforms.append(_transform("map", "odom", map_to_odom[i]))
+                    transforms.append(bag_transform("map", "odom", map_to_odom[i]))
                 for tf in transforms:
-                    tf.header.stamp = T.Time(sec=stamp // 10**9, nanosec=stamp % 10**9)
+                    tf.header.stamp = stamp_from_ns(stamp, T.Time)
                 write("/tf", stamp, T.TFMessage(transforms=transforms))
             else:
                 write("/mocap/pose", stamp, T.PoseWithCovarianceStamped(
-                    header=_header(stamp, "world"),
-                    pose=T.PoseWithCovariance(pose=_pose(base[i]), covariance=np.zeros(36)),
+                    header=bag_header(stamp, "world"),
+                    pose=T.PoseWithCovariance(pose=bag_pose(base[i]), covariance=np.zeros(36)),
                 ))  # fmt: skip
                 write("/wheel/odometry", stamp, T.Odometry(
-                    header=_header(stamp, "odom"), child_frame_id="base_link",
-                    pose=T.PoseWithCovariance(pose=_pose(seq.odom_base[i]), covariance=np.zeros(36)),
+                    header=bag_header(stamp, "odom"), child_frame_id="base_link",
+                    pose=T.PoseWithCovariance(pose=bag_pose(seq.odom_base[i]), covariance=np.zeros(36)),
                     twist=T.TwistWithCovariance(twist=T.Twist(linear=T.Vector3(x=0, y=0, z=0),
                                                               angular=T.Vector3(x=0, y=0, z=0)),
                                                 covariance=np.zeros(36)),
@@ -452,7 +453,7 @@ def test_bad_bags_name_the_bag_and_topic(seq, tmp_path: Path) -> None:
     with Writer(tmp_path / "stutter", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         conn = writer.add_connection("/image", "sensor_msgs/msg/Image", typestore=TYPESTORE)
         for i, (stamp, size) in enumerate([(10, 4), (20, 4), (20, 4), (30, 6)]):
-            msg = T.Image(header=_header(stamp, "cam"), height=size, width=size, encoding="mono8",
+            msg = T.Image(header=bag_header(stamp, "cam"), height=size, width=size, encoding="mono8",
                           is_bigendian=0, step=size, data=np.zeros(size * size, np.uint8))  # fmt: skip
             writer.write(conn, stamp + i, TYPESTORE.serialize_cdr(msg, conn.msgtype))
     from latent_memory_ros.bag import read_run
@@ -464,7 +465,7 @@ def test_bad_bags_name_the_bag_and_topic(seq, tmp_path: Path) -> None:
     with Writer(tmp_path / "repeat", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         conn = writer.add_connection("/image", "sensor_msgs/msg/Image", typestore=TYPESTORE)
         for i, stamp in enumerate([10, 20, 20]):
-            msg = T.Image(header=_header(stamp, "cam"), height=4, width=4, encoding="mono8",
+            msg = T.Image(header=bag_header(stamp, "cam"), height=4, width=4, encoding="mono8",
                           is_bigendian=0, step=4, data=np.zeros(16, np.uint8))  # fmt: skip
             writer.write(conn, stamp + i, TYPESTORE.serialize_cdr(msg, conn.msgtype))
     with pytest.raises(DatasetError, match=r"topic /image, message 2: stamp .* repeats"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bag import BASE_TO_CAMERA, write_test_bag
+from helpers import BASE_TO_CAMERA, write_test_bag
 
 from latent_memory_ros import geometry, runtime
 from latent_memory_ros.evaluation import (

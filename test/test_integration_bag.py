@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from conftest import REPO, NodeProcess, wait_for
 from geometry_msgs.msg import PoseStamped
+from helpers import REPO, NodeProcess, wait_for
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from std_srvs.srv import Trigger
 
 from latent_memory_ros import geometry
 from latent_memory_ros.bag import read_run
+from latent_memory_ros.conversions import pose_to_array, stamp_to_ns
 from latent_memory_ros.replay import BagPlayer
 from latent_memory_ros.runtime import StudentRuntime
 
@@ -85,15 +86,6 @@ def client() -> Iterator[Client]:
     c.close()
 
 
-def _stamp_ns(msg: PoseStamped) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-
-def _pose(msg: PoseStamped) -> np.ndarray:
-    p, q = msg.pose.position, msg.pose.orientation
-    return np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
-
-
 def _offline_poses(model_dir: Path, bag: Path) -> np.ndarray:
     run = read_run(bag, "/camera/image_raw", odom_topic="/odom")
     rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
@@ -106,14 +98,14 @@ def test_bag_replay_gives_every_frame_its_pose_and_reset_repeats_it(
 ) -> None:
     image_stamps = np.round(read_run(bag, "/camera/image_raw").image_stamps * 1e9).astype(np.int64)
     first = client.replay(bag, node)
-    assert [_stamp_ns(m) for m in first] == image_stamps.tolist()
+    assert [stamp_to_ns(m.header.stamp) for m in first] == image_stamps.tolist()
     assert {m.header.frame_id for m in first} == {"odom"}
 
     # The node publishes the base in the odom frame (the base at the first frame); the
     # runtime gives the camera in the first camera frame.
     mount = read_run(bag, "/camera/image_raw").base_to_camera
     expected = geometry.compose(mount, _offline_poses(model_dir, bag))
-    got = geometry.compose(np.array([_pose(m) for m in first]), mount)
+    got = geometry.compose(np.array([pose_to_array(m.pose) for m in first]), mount)
     np.testing.assert_allclose(got[:, :3], expected[:, :3], atol=1e-4)
     # Quaternions q and -q are the same rotation.
     dots = np.abs(np.sum(got[:, 3:] * expected[:, 3:], axis=1))
@@ -127,5 +119,5 @@ def test_bag_replay_gives_every_frame_its_pose_and_reset_repeats_it(
     assert future.result().success
 
     second = client.replay(bag, node)
-    again = geometry.compose(np.array([_pose(m) for m in second]), mount)
+    again = geometry.compose(np.array([pose_to_array(m.pose) for m in second]), mount)
     np.testing.assert_allclose(again, got, atol=1e-6)

@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 import setuptools
 import yaml
+from helpers import REPO
 
 import latent_memory_ros
 from latent_memory_ros.node import LIFECYCLE_NODE_NAME, NODE_NAME
 from latent_memory_ros.parameters import PARAMETERS
 
-REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO / "launch" / "latent_memory.launch.py"
 PACKAGE = "latent_memory_ros"
 SHARE = f"share/{PACKAGE}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_node import texture_frames
+from helpers import texture_frames
 
 from latent_memory_ros import geometry
 from latent_memory_ros.health import HealthConfig, VisionFault

@@ -8,197 +8,34 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-import rclpy
-from builtin_interfaces.msg import Time
-from conftest import REPO, NodeProcess, wait_for
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PoseStamped
-from nav_msgs.msg import Odometry
-from nav_msgs.msg import Path as PathMsg
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import QoSProfile, QoSReliabilityPolicy
-from sensor_msgs.msg import Image
-from std_msgs.msg import Header
-from std_srvs.srv import Trigger
+from diagnostic_msgs.msg import DiagnosticStatus
+from helpers import (
+    IMAGE_TOPIC,
+    ODOM_TOPIC,
+    REPO,
+    TIMEOUT_S,
+    Harness,
+    NodeProcess,
+    image_msg,
+    key,
+    texture_frames,
+    wait_for,
+)
+from rclpy.qos import QoSReliabilityPolicy
 
 from latent_memory_ros import geometry
+from latent_memory_ros.conversions import pose_to_array
 from latent_memory_ros.images import camera_info_topic
 from latent_memory_ros.model_format import default_model_dir
-from latent_memory_ros.node import (
-    StartupError,
-    image_qos_profile,
-    pose_from_msg,
-    pose_to_msg,
-)
+from latent_memory_ros.node import StartupError, image_qos_profile
 from latent_memory_ros.parameters import PARAMETERS
 from latent_memory_ros.runtime import StudentRuntime
 
-IMAGE_TOPIC = "/latent_memory_test/image"
-ODOM_TOPIC = "/latent_memory_test/odom"
-CAMERA_FRAME = "test_camera_optical"
 ODOM_FRAME = "odom"
 BASE_FRAME = "base_link"
 PATH_MAX_LENGTH = 5
-TIMEOUT_S = 20.0
-RELIABLE = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
-
-
-def texture_frames(count: int, width: int = 96, height: int = 72) -> list[np.ndarray]:
-    """BGR crops sliding over one smooth random texture: what a camera moving sideways sees."""
-    rng = np.random.default_rng(7)
-    texture = cv2.resize(
-        rng.integers(0, 256, (40, 60, 3), dtype=np.uint8), (600, 400), interpolation=cv2.INTER_CUBIC
-    )
-    return [
-        np.ascontiguousarray(texture[50 : 50 + height, 10 + 12 * k : 10 + 12 * k + width])
-        for k in range(count)
-    ]
-
-
-def image_msg(bgr: np.ndarray, stamp: Time, **overrides: object) -> Image:
-    msg = Image(
-        header=Header(stamp=stamp, frame_id=CAMERA_FRAME),
-        height=bgr.shape[0],
-        width=bgr.shape[1],
-        encoding="bgr8",
-        step=bgr.shape[1] * 3,
-        data=bgr.tobytes(),
-    )
-    for name, value in overrides.items():
-        setattr(msg, name, value)
-    return msg
-
-
-def key(stamp: Time) -> tuple[int, int]:
-    return stamp.sec, stamp.nanosec
-
-
-class Harness:
-    """The test side of the wire: publishers for the node's inputs, recorders of its outputs."""
-
-    def __init__(
-        self,
-        node_process: NodeProcess,
-        name: str = "latent_memory_node",
-        image_topic: str = IMAGE_TOPIC,
-        odom_topic: str = ODOM_TOPIC,
-    ) -> None:
-        self.node_process = node_process
-        self.name = name
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node(f"{name}_test", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.image_pub = self.node.create_publisher(Image, image_topic, RELIABLE)
-        self.odom_pub = self.node.create_publisher(Odometry, odom_topic, RELIABLE)
-        self.poses: dict[tuple[int, int], PoseStamped] = {}
-        self.odometry: dict[tuple[int, int], Odometry] = {}
-        self.paths: list[PathMsg] = []
-        self.diagnostics: list[DiagnosticStatus] = []
-        self.diagnostics_headers: list[Time] = []
-        self.pose_count = 0
-        for msg_type, topic, record in (
-            (PoseStamped, f"/{name}/pose", self._on_pose),
-            (Odometry, f"/{name}/odometry", self._on_odometry),
-            (PathMsg, f"/{name}/path", self.paths.append),
-            (DiagnosticArray, "/diagnostics", self._on_diagnostics),
-        ):
-            self.node.create_subscription(msg_type, topic, record, RELIABLE)
-        self.reset_client = self.node.create_client(Trigger, f"/{name}/reset")
-        self.sent_good = 0
-        self.sent_bad = 0
-        self._clock_ns = 1_000 * 10**9 + 123_456_789
-
-    def _on_pose(self, msg: PoseStamped) -> None:
-        self.pose_count += 1
-        self.poses[key(msg.header.stamp)] = msg
-
-    def _on_odometry(self, msg: Odometry) -> None:
-        self.odometry[key(msg.header.stamp)] = msg
-
-    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        self.diagnostics.extend(msg.status)
-        self.diagnostics_headers.append(msg.header.stamp)
-
-    def odometry_for(self, pose: PoseStamped) -> Odometry:
-        """The ~/odometry message published with ``pose``."""
-        stamp = key(pose.header.stamp)
-        self.wait(lambda: stamp in self.odometry, f"the odometry stamped {stamp}")
-        return self.odometry[stamp]
-
-    def spin(self) -> None:
-        self.executor.spin_once(timeout_sec=0.02)
-
-    def wait(self, condition: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
-        wait_for(condition, timeout, self.spin, what, self.node_process)
-
-    def connect(self, odometry: bool = True) -> None:
-        # Discovery is asynchronous: publish only once the node's readers have matched ours,
-        # or the first frames vanish.
-        self.wait(lambda: self.image_pub.get_subscription_count() > 0, "image subscription")
-        if odometry:
-            self.wait(lambda: self.odom_pub.get_subscription_count() > 0, "odom subscription")
-        for topic in (f"/{self.name}/pose", f"/{self.name}/odometry", f"/{self.name}/path"):
-            self.wait(lambda t=topic: self.node.count_publishers(t) > 0, f"publisher of {topic}")
-        self.wait(self.reset_client.service_is_ready, "the ~/reset service")
-
-    def next_stamp(self) -> Time:
-        # One clock across the module keeps stamps increasing, so odometry recorded by an
-        # earlier test is never the nearest to a later frame.
-        self._clock_ns += 100_000_000
-        return Time(sec=self._clock_ns // 10**9, nanosec=self._clock_ns % 10**9)
-
-    def send_odometry(self, stamp: Time, base_x: float) -> None:
-        msg = Odometry(header=Header(stamp=stamp, frame_id="odom"), child_frame_id="base_link")
-        msg.pose.pose = pose_to_msg(np.array([base_x, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]))
-        self.odom_pub.publish(msg)
-
-    def send_frame(self, bgr: np.ndarray, base_x: float | None = None) -> PoseStamped:
-        """Publish one good frame (and its odometry); return the pose the node answers with."""
-        stamp = self.next_stamp()
-        if base_x is not None:
-            self.send_odometry(stamp, base_x)
-        self.image_pub.publish(image_msg(bgr, stamp))
-        self.sent_good += 1
-        self.wait(lambda: key(stamp) in self.poses, f"the pose for the frame stamped {key(stamp)}")
-        return self.poses[key(stamp)]
-
-    def send_bad_frame(self, bgr: np.ndarray, **overrides: object) -> None:
-        self.image_pub.publish(image_msg(bgr, self.next_stamp(), **overrides))
-        self.sent_bad += 1
-
-    def reset(self) -> Trigger.Response:
-        future = self.reset_client.call_async(Trigger.Request())
-        self.wait(future.done, "the ~/reset response")
-        return future.result()
-
-    def status(
-        self, condition: Callable[[dict[str, str]], bool], name: str | None = None
-    ) -> tuple[DiagnosticStatus, dict[str, str]]:
-        """The first diagnostics status of ``name`` (default: this node's runtime status)
-        whose values satisfy ``condition``."""
-        name = name or f"{self.name}: runtime"
-        found: list[tuple[DiagnosticStatus, dict[str, str]]] = []
-
-        def check() -> bool:
-            for status in self.diagnostics:
-                values = {kv.key: kv.value for kv in status.values}
-                if status.name == name and condition(values):
-                    found.append((status, values))
-                    return True
-            return False
-
-        self.wait(check, f"a {name!r} diagnostics status that matches")
-        return found[0]
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +76,7 @@ def test_every_frame_gets_a_pose_odometry_and_path_with_its_stamp(harness: Harne
     assert len(set(stamps)) == len(frames)
     for pose in poses:
         assert pose.header.frame_id == ODOM_FRAME
-        q = pose_from_msg(pose.pose)[3:]
+        q = pose_to_array(pose.pose)[3:]
         assert np.isclose(np.linalg.norm(q), 1.0, atol=1e-6)
 
     harness.wait(lambda: all(s in harness.odometry for s in stamps), "odometry for every frame")
@@ -248,7 +85,7 @@ def test_every_frame_gets_a_pose_odometry_and_path_with_its_stamp(harness: Harne
         odometry = harness.odometry[stamp]
         assert odometry.header.frame_id == ODOM_FRAME
         assert odometry.child_frame_id == BASE_FRAME
-        np.testing.assert_allclose(pose_from_msg(odometry.pose.pose), pose_from_msg(pose.pose))
+        np.testing.assert_allclose(pose_to_array(odometry.pose.pose), pose_to_array(pose.pose))
         covariance = np.asarray(odometry.pose.covariance).reshape(6, 6)
         np.testing.assert_allclose(covariance, covariance.T, atol=1e-12)
         assert np.all(np.diag(covariance) > 0)
@@ -260,7 +97,7 @@ def test_every_frame_gets_a_pose_odometry_and_path_with_its_stamp(harness: Harne
             assert not twist.any()
         else:
             # Velocity of the base in its own (previous) frame over the 0.1 s between stamps.
-            step = geometry.relative(pose_from_msg(previous.pose), pose_from_msg(pose.pose))
+            step = geometry.relative(pose_to_array(previous.pose), pose_to_array(pose.pose))
             expected = np.concatenate([step[:3], geometry.quat_to_rotvec(step[3:])]) / 0.1
             np.testing.assert_allclose(twist, expected, rtol=1e-6, atol=1e-9)
             assert np.all(np.diag(np.asarray(odometry.twist.covariance).reshape(6, 6)) > 0)
@@ -289,8 +126,8 @@ def test_reset_starts_over(harness: Harness) -> None:
     # Same first frame after the reset: memory and pose are back at the start, so the
     # answer is the start answer again (whatever the model predicts for a first frame).
     again = harness.send_frame(frames[0], base_x=5.0)
-    np.testing.assert_allclose(pose_from_msg(again.pose), pose_from_msg(first.pose), atol=1e-5)
-    assert np.linalg.norm(pose_from_msg(again.pose)[:3]) < 0.5
+    np.testing.assert_allclose(pose_to_array(again.pose), pose_to_array(first.pose), atol=1e-5)
+    assert np.linalg.norm(pose_to_array(again.pose)[:3]) < 0.5
     harness.wait(
         lambda: any(key(p.header.stamp) == key(again.header.stamp) for p in harness.paths),
         "the path after the reset",
@@ -309,7 +146,7 @@ def test_odometry_arriving_after_its_frame_is_still_that_frames(harness: Harness
         poses = []
         for k, bgr in enumerate(frames):
             if not odometry_late:
-                poses.append(pose_from_msg(harness.send_frame(bgr, base_x=0.2 * k).pose))
+                poses.append(pose_to_array(harness.send_frame(bgr, base_x=0.2 * k).pose))
                 continue
             stamp = harness.next_stamp()
             harness.image_pub.publish(image_msg(bgr, stamp))
@@ -320,7 +157,7 @@ def test_odometry_arriving_after_its_frame_is_still_that_frames(harness: Harness
             assert key(stamp) not in harness.poses  # held, waiting for its odometry
             harness.send_odometry(stamp, 0.2 * k)
             harness.wait(lambda s=stamp: key(s) in harness.poses, "the held frame's pose")
-            poses.append(pose_from_msg(harness.poses[key(stamp)].pose))
+            poses.append(pose_to_array(harness.poses[key(stamp)].pose))
         return poses
 
     in_order, late = run(odometry_late=False), run(odometry_late=True)

@@ -24,9 +24,18 @@ import cv2
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
-from conftest import REPO, NodeProcess, wait_for
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
+from helpers import (
+    CAMERA_FRAME,
+    REPO,
+    Harness,
+    NodeProcess,
+    image_msg,
+    key,
+    texture_frames,
+    wait_for,
+)
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
@@ -36,13 +45,13 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import SetBool, Trigger
-from test_node import CAMERA_FRAME, Harness, image_msg, key, texture_frames
 from visualization_msgs.msg import Marker, MarkerArray
 
 from latent_memory_ros import geometry
+from latent_memory_ros.conversions import format_stamp, pose_to_array, stamp_from_ns, stamp_to_ns
 from latent_memory_ros.localizer import LOST_VARIANCE, Localizer, LocalizerConfig
+from latent_memory_ros.messages import pose_to_msg
 from latent_memory_ros.model_format import load_spec
-from latent_memory_ros.node import pose_from_msg, pose_to_msg
 from latent_memory_ros.runtime import StudentRuntime
 
 RELIABLE = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
@@ -134,8 +143,7 @@ def in_log(node: NodeProcess, text: str, timeout: float = 10.0) -> None:
 
 
 def stamp_at(seconds: float) -> Time:
-    ns = int(round(seconds * 1e9))
-    return Time(sec=ns // 10**9, nanosec=ns % 10**9)
+    return stamp_from_ns(int(round(seconds * 1e9)), Time)
 
 
 def send_at(harness: Harness, bgr: np.ndarray, seconds: float):
@@ -148,7 +156,7 @@ def send_at(harness: Harness, bgr: np.ndarray, seconds: float):
 def send_rejected_at(harness: Harness, node: NodeProcess, bgr: np.ndarray, stamp: Time) -> None:
     """A frame the node must reject for its stamp: said in the log, and no pose."""
     harness.image_pub.publish(image_msg(bgr, stamp))
-    in_log(node, f"skipping frame stamped {stamp.sec}.{stamp.nanosec:09d}: stamp")
+    in_log(node, f"skipping frame stamped {format_stamp(stamp)}: stamp")
     assert key(stamp) not in harness.poses
 
 
@@ -177,7 +185,7 @@ def test_odom_to_base_goes_on_tf_and_the_mount_comes_from_tf(
         assert (t.header.frame_id, t.child_frame_id) == ("odom", "base_link")
         assert key(t.header.stamp) == key(pose.header.stamp)
         tr = t.transform.translation
-        np.testing.assert_allclose([tr.x, tr.y, tr.z], pose_from_msg(pose.pose)[:3])
+        np.testing.assert_allclose([tr.x, tr.y, tr.z], pose_to_array(pose.pose)[:3])
     _, values = h.status(lambda v: v["frames_processed"] == "3")
     assert values["extrinsic"] == "tf"
     in_log(node, f"base_link -> {CAMERA_FRAME} from TF")
@@ -351,7 +359,7 @@ def test_set_pose_reanchors_the_output(
     in_log(node, "pose set to [5.0, -3.0")
     pose = h.send_frame(frames[2], base_x=0.1)
     # One frame of motion after the anchor.
-    assert np.linalg.norm(pose_from_msg(pose.pose)[:3] - target[:3]) < 0.3
+    assert np.linalg.norm(pose_to_array(pose.pose)[:3] - target[:3]) < 0.3
     covariance = np.reshape(h.odometry_for(pose).pose.covariance, (6, 6))
     assert np.all(np.diag(covariance) >= 0.25)
 
@@ -364,7 +372,7 @@ def test_memory_snapshots_save_load_refuse_and_start_up(
     h = connect(h, harnesses)
     frames = texture_frames(8)
     for k in range(4):
-        saved_pose = pose_from_msg(h.send_frame(frames[k], base_x=0.1 * k).pose)
+        saved_pose = pose_to_array(h.send_frame(frames[k], base_x=0.1 * k).pose)
     response = call(h, Trigger, "/lm_snapshot/save_memory", Trigger.Request())
     assert response.success, response.message
     assert snapshot.is_file() and [p.name for p in snapshot.parent.iterdir()] == [snapshot.name]
@@ -379,7 +387,7 @@ def test_memory_snapshots_save_load_refuse_and_start_up(
 
     response = call(h, Trigger, "/lm_snapshot/load_memory", Trigger.Request())
     assert response.success, response.message
-    after = pose_from_msg(h.send_frame(frames[4], base_x=5.0).pose)
+    after = pose_to_array(h.send_frame(frames[4], base_x=5.0).pose)
     # The pose carries on from where it was saved (one frame of motion).
     assert np.linalg.norm(after[:3] - saved_pose[:3]) < 0.3
 
@@ -662,7 +670,7 @@ def test_frames_lost_before_the_node_are_counted_from_their_stamps(
         deadline = time.monotonic() + 0.5
         while not h.poses and time.monotonic() < deadline:
             h.spin()
-    first = round((min(stamp_ns_of(p.header.stamp) for p in h.poses.values()) * 1e-9 - t0) / period)
+    first = round((min(stamp_to_ns(p.header.stamp) for p in h.poses.values()) * 1e-9 - t0) / period)
     for _ in range(10):  # the camera's rate, learned from the stamps
         send_at(h, frames[slot % 4], t0 + period * slot)
         slot += 1
@@ -963,10 +971,10 @@ def test_queries_answer_from_the_memory_without_changing_it(
     )
     for k, bgr in enumerate(frames[:3]):
         pose = h.send_frame(bgr, base_x=0.05 * k)
-        stamp = stamp_ns_of(pose.header.stamp)
+        stamp = stamp_to_ns(pose.header.stamp)
         local.add_odometry(stamp, np.array([0.05 * k, 0, 0, 0, 0, 0, 1.0]))
         local.process(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), stamp, True)
-    np.testing.assert_allclose(pose_from_msg(pose.pose), local.last_pose, atol=1e-5)
+    np.testing.assert_allclose(pose_to_array(pose.pose), local.last_pose, atol=1e-5)
     expected = local.runtime.query(cv2.cvtColor(frames[0], cv2.COLOR_BGR2RGB))
 
     def memory() -> dict[str, np.ndarray]:
@@ -984,7 +992,7 @@ def test_queries_answer_from_the_memory_without_changing_it(
     )
     answer = next(a for a in answers if key(a.header.stamp) == key(query_stamp))
     assert answer.header.frame_id == CAMERA_FRAME
-    relative = pose_from_msg(answer.pose.pose)
+    relative = pose_to_array(answer.pose.pose)
     covariance = np.reshape(answer.pose.covariance, (6, 6))
     assert np.all(np.isfinite(relative)) and np.all(np.isfinite(covariance))
     np.testing.assert_allclose(relative, expected.pose, atol=1e-5)
@@ -1000,7 +1008,7 @@ def test_queries_answer_from_the_memory_without_changing_it(
     arrow = arrow.markers[0]
     assert (arrow.header.frame_id, arrow.type, arrow.ns) == ("odom", Marker.ARROW, "query")
     camera = geometry.compose(geometry.compose(local.last_pose, np.array(MOUNT)), expected.pose)
-    drawn = pose_from_msg(arrow.pose)
+    drawn = pose_to_array(arrow.pose)
     np.testing.assert_allclose(drawn[:3], camera[:3], atol=1e-5)
     # The arrow points along the query camera's optical axis (z).
     forward = geometry.quat_rotate(camera[3:], [0.0, 0.0, 1.0])
@@ -1012,17 +1020,13 @@ def test_queries_answer_from_the_memory_without_changing_it(
 
     # The memory was not changed: after a reset, the same frames without a query give
     # the same pose for the next frame.
-    with_query = pose_from_msg(h.send_frame(frames[3], base_x=0.15).pose)
+    with_query = pose_to_array(h.send_frame(frames[3], base_x=0.15).pose)
     assert h.reset().success
     for k, bgr in enumerate(frames):
-        without_query = pose_from_msg(h.send_frame(bgr, base_x=0.05 * k).pose)
+        without_query = pose_to_array(h.send_frame(bgr, base_x=0.05 * k).pose)
     np.testing.assert_allclose(without_query, with_query, atol=1e-9)
     h.status(lambda v: v["queries"] == "1" and v["queries_rejected"] == "2")
     assert "Traceback" not in node.log()
-
-
-def stamp_ns_of(stamp: Time) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 # Lifecycle ----------------------------------------------------------------------------

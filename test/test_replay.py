@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
+from helpers import REPO, write_test_bag
 from rclpy.node import Node
-from test_bag import write_test_bag
 
 from latent_memory_ros.replay import BagPlayer
 
-REPO = Path(__file__).resolve().parent.parent
 ACK_TOPIC = "/fake_node/pose"
 TOPICS = {
     "/camera/image_raw": "sensor_msgs.msg:Image",
@@ -39,6 +38,8 @@ import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 
+from latent_memory_ros.conversions import stamp_to_ns
+
 topics, expected, ack_topic, out = json.loads(sys.argv[1])
 rclpy.init()
 node = rclpy.create_node("replay_listener")
@@ -48,7 +49,7 @@ ack = node.create_publisher(PoseStamped, ack_topic, 10) if ack_topic else None
 
 def make_callback(topic):
     def callback(msg):
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_to_ns(msg.header.stamp)
         received[topic].append(stamp)
         if topic == "/camera/image_raw":
             if "/odom" in received:

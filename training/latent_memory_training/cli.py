@@ -12,19 +12,42 @@ import signal
 import sys
 from pathlib import Path
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """A boolean flag's value; anything but true/false (1/0, yes/no, on/off) is refused
+    at parse time, so a typo never reads as false."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
 
 def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """One flag per field of the dataclass ``cls``, typed like its default; a field's
+    ``metadata["choices"]`` limits its values."""
     for f in dataclasses.fields(cls):
         default = f.default
         flag = "--" + prefix + f.name.replace("_", "-")
+        help_text = f"{cls.__name__}.{f.name} (default: %(default)s)"
         if isinstance(default, bool):
             parser.add_argument(
-                flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default
+                flag, type=parse_bool, default=default, metavar="{true,false}", help=help_text
             )
         elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs="+", default=list(default))
+            parser.add_argument(flag, type=int, nargs="+", default=list(default), help=help_text)
         else:
-            parser.add_argument(flag, type=type(default), default=default)
+            parser.add_argument(
+                flag,
+                type=type(default),
+                default=default,
+                choices=f.metadata.get("choices"),
+                help=help_text,
+            )
 
 
 def _dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = ""):

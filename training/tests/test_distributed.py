@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from latent_memory_training.data.generate import render_sequence
 from latent_memory_training.training.fit import load_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,18 +67,6 @@ result = {"initial": seen["initial"], "final": digest(seen["model"]),
 (record / f"rank{rank}.json").write_text(json.dumps(result))
 sys.exit(code)
 """
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    for split, count in (("train", 2), ("val", 1)):
-        (root / split).mkdir()
-        for i in range(count):
-            render_sequence(split, i, seed=3, frames=40, size=(160, 120)).save(
-                root / split / f"{split}_{i:03d}.npz"
-            )
-    return root
 
 
 def _digest(model: torch.nn.Module) -> str:

@@ -20,18 +20,6 @@ FIT_ARGS = ["--batch", "2", "--window", "8", "--spans", "1", "4", "--val-every",
             "--min-episode", "16", "--threads", "1"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    for split, count in (("train", 2), ("val", 1)):
-        (root / split).mkdir()
-        for i in range(count):
-            render_sequence(split, i, seed=3, frames=40, size=(160, 120)).save(
-                root / split / f"{split}_{i:03d}.npz"
-            )
-    return root
-
-
 def test_fit_resume_export_and_run(data, tmp_path):
     run = tmp_path / "run"
     base = ["fit", "--data", str(data / "train"), "--val", str(data / "val"), "--out", str(run)]

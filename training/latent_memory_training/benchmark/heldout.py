@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from latent_memory_ros import geometry
-from latent_memory_ros.cues import sequence_cues
+from latent_memory_ros.cues import CUE_HEADING, CUE_ROTATION, CUE_VALID, sequence_cues
 from latent_memory_ros.evaluation import (
     calibration_errors,
     calibration_summary,
@@ -66,10 +66,10 @@ def classical_vo(seq: Sequence, odom: np.ndarray) -> np.ndarray:
     wheel odometry's. Frames without a vision estimate take the odometry's motion."""
     cue = sequence_cues(seq.images, seq.intrinsics).astype(np.float64)
     steps = odom.copy()
-    ok = cue[:, 0] > 0
+    ok = cue[:, CUE_VALID] > 0
     distance = np.linalg.norm(odom[:, :3], axis=1, keepdims=True)
-    steps[ok, :3] = cue[ok, 4:7] * distance[ok]
-    steps[ok, 3:] = geometry.rotvec_to_quat(cue[ok, 1:4])
+    steps[ok, :3] = cue[ok, CUE_HEADING] * distance[ok]
+    steps[ok, 3:] = geometry.rotvec_to_quat(cue[ok, CUE_ROTATION])
     return geometry.integrate(steps)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from latent_memory_ros import cues, geometry
 from latent_memory_ros.datasets import ReadOptions, find_runs, read_sequence
-from latent_memory_ros.model_format import ODOM_NONE
+from latent_memory_ros.model_format import ODOM_NONE, ODOM_ROTATION, ODOM_VALID
 from latent_memory_ros.runtime import CameraMotionFromOdometry
 from latent_memory_training.data.sequence import Sequence
 
@@ -87,8 +87,10 @@ def prepare(seq: Sequence, width: int, height: int) -> PreparedSequence:
     odom = odometry_motions(seq)
     gt = geometry.relative(seq.gt_camera[:1], seq.gt_camera)
     gt_motion = geometry.relative(gt[:-1], gt[1:])
-    diff = geometry.quat_to_rotvec(odom[1:, 3:7]) - geometry.quat_to_rotvec(gt_motion[:, 3:])
-    diff[odom[1:, 7] == 0] = 0.0  # no odometry, no drift to track
+    diff = geometry.quat_to_rotvec(odom[1:, ODOM_ROTATION]) - geometry.quat_to_rotvec(
+        gt_motion[:, 3:]
+    )
+    diff[odom[1:, ODOM_VALID] == 0] = 0.0  # no odometry, no drift to track
     kernel = np.ones(2 * BIAS_SMOOTHING + 1)
     counts = np.convolve(np.ones(len(diff)), kernel, mode="same")
     smooth = np.stack([np.convolve(diff[:, i], kernel, mode="same") / counts for i in range(3)], 1)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from latent_memory_ros import cues as cue_defs
 from latent_memory_ros import geometry
-from latent_memory_ros.model_format import ODOM_NONE
+from latent_memory_ros.model_format import ODOM_MOTION, ODOM_NONE
 from latent_memory_training.data.prepare import PreparedSequence
 from latent_memory_training.models.config import IMAGE_MEAN, IMAGE_STD
 from latent_memory_training.training.config import TrainConfig
@@ -159,10 +160,10 @@ def mirror_in_place(arr: dict[str, np.ndarray], rows: np.ndarray) -> None:
     if not rows.any():
         return
     arr["images"][rows] = arr["images"][rows, :, :, ::-1]
-    arr["odom"][rows, :, :7] = geometry.mirror_pose(arr["odom"][rows, :, :7])
+    arr["odom"][rows, :, ODOM_MOTION] = geometry.mirror_pose(arr["odom"][rows, :, ODOM_MOTION])
     arr["bias"][rows] *= (1.0, -1.0, -1.0)
     flip = np.ones(arr["cues"].shape[-1], dtype=np.float32)
-    flip[[2, 3, 4, 9, 13, 14]] = -1.0
+    flip[list(cue_defs.CUE_MIRROR_NEGATED)] = -1.0
     arr["cues"][rows] *= flip
 
 

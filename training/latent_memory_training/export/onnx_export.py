@@ -12,6 +12,7 @@ from torch import nn
 from latent_memory_ros import cues as cue_defs
 from latent_memory_ros.model_format import (
     NON_MEMORY_STATE,
+    ODOM_NONE,
     QUERY_FILE,
     STATE_INIT_FILE,
     STEP_FILE,
@@ -61,8 +62,7 @@ class QueryGraph(nn.Module):
 
 def example_inputs(model: LocalisationModel) -> tuple[torch.Tensor, ...]:
     c = model.config
-    odom = torch.zeros(1, 8)
-    odom[0, 6] = 1.0
+    odom = torch.tensor([ODOM_NONE])
     state = model.initial_state(1)
     return (
         torch.zeros(1, 3, c.image_height, c.image_width),

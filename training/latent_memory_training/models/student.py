@@ -23,8 +23,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latent_memory_ros.cues import CUE_DIM, CUE_VALID
-from latent_memory_ros.model_format import ODOM_VALID
+from latent_memory_ros.cues import (
+    CUE_DIM,
+    CUE_FLOW,
+    CUE_FLOW_MAGNITUDE,
+    CUE_ROTATION,
+    CUE_ROTATION_ONLY,
+    CUE_VALID,
+)
+from latent_memory_ros.model_format import ODOM_ROTATION, ODOM_TRANSLATION, ODOM_VALID
 from latent_memory_training.models import so3
 from latent_memory_training.models.cells import (
     CELLS,
@@ -148,10 +155,10 @@ class LocalisationModel(nn.Module):
     ) -> tuple[State, dict]:
         odom, cues = obs["odom"], obs["cues"]
         odom_valid = odom[:, ODOM_VALID : ODOM_VALID + 1]
-        odom_rot = so3.quat_to_rotvec(odom[:, 3:7]) * odom_valid
-        odom_trans = odom[:, 0:3] * odom_valid
+        odom_rot = so3.quat_to_rotvec(odom[:, ODOM_ROTATION]) * odom_valid
+        odom_trans = odom[:, ODOM_TRANSLATION] * odom_valid
         cue_valid = (cues[:, CUE_VALID : CUE_VALID + 1] > 0).to(cues.dtype)
-        vision_rot = cues[:, 1:4] * cue_valid
+        vision_rot = cues[:, CUE_ROTATION] * cue_valid
         features = torch.cat(
             [
                 odom_rot * MOTION_SCALE,
@@ -255,11 +262,18 @@ class LocalisationModel(nn.Module):
         return state, {k: torch.stack([o[k] for o in outs], dim=1) for k in outs[0]}
 
 
+# Rotations and flows are per-frame small quantities; ratios and directions are O(1).
+_SMALL_CUES = {
+    *range(CUE_DIM)[CUE_ROTATION],
+    *range(CUE_DIM)[CUE_FLOW],
+    CUE_FLOW_MAGNITUDE,
+    *range(CUE_DIM)[CUE_ROTATION_ONLY],
+}
+_CUE_SCALE = [MOTION_SCALE if i in _SMALL_CUES else 1.0 for i in range(CUE_DIM)]
+
+
 def _scale_cues(cues: torch.Tensor) -> torch.Tensor:
-    # Rotations and flows are per-frame small quantities; ratios and directions are O(1).
-    scale = torch.tensor(
-        [1.0] + [MOTION_SCALE] * 3 + [1.0] * 5 + [MOTION_SCALE] * 3 + [MOTION_SCALE] * 3
-    )
+    scale = torch.tensor(_CUE_SCALE)
     return cues * scale.to(cues)
 
 

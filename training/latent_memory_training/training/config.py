@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+# What the distillation flags may be (training/losses.py).
+DISTANCES = ("mse_ln", "cosine")
+SCHEDULES = ("constant", "anneal")
 
 
 @dataclass
@@ -32,8 +36,10 @@ class TrainConfig:
     # Distillation from a frozen bottleneck teacher (``latent_memory_train distill``):
     # lambda * d(M_t, B_t) on the student's memory at every step.
     distill_weight: float = 0.0
-    distill_distance: str = "mse_ln"  # mse_ln: per-slot MSE after LayerNorm; cosine: 1 - cos
-    distill_schedule: str = "constant"  # constant, or anneal (cosine to 0 over the run)
+    # mse_ln: per-slot MSE after LayerNorm; cosine: 1 - cos
+    distill_distance: str = field(default="mse_ln", metadata={"choices": DISTANCES})
+    # constant, or anneal (cosine to 0 over the run)
+    distill_schedule: str = field(default="constant", metadata={"choices": SCHEDULES})
     init_from_teacher: bool = False  # start encoder and heads from the teacher's
     # Fine-tuning: start from a checkpoint (.pt) or a model directory that keeps one
     # (checkpoint.pt, written by export); the model's configuration comes from it.
@@ -51,7 +57,3 @@ class WorldConfig:
     room_every: int = 12  # training steps between new rooms
     workers: int = 1  # rendering processes beside the trainer
     cameras: str = "random"  # world.md v2 cameras; reference: the v1 camera
-
-
-DISTANCES = ("mse_ln", "cosine")
-SCHEDULES = ("constant", "anneal")
