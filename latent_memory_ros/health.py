@@ -45,11 +45,7 @@ import cv2
 import numpy as np
 
 from latent_memory_ros import geometry
-from latent_memory_ros.cues import CUE_VALID
-
-# Cue vector: rotation of the current camera in the previous camera frame (rotation
-# vector, rad); see cues.py for the layout.
-_CUE_ROTATION = slice(1, 4)
+from latent_memory_ros.cues import CUE_ROTATION, CUE_VALID
 
 
 class VisionFault(enum.Enum):
@@ -137,12 +133,12 @@ class VisionHealth:
         if anisotropy < c.blur_anisotropy:
             return VisionFault.BLURRED
         seen = cue_vector[CUE_VALID] > 0
-        turn = odom_rotation if odom_rotation is not None else cue_vector[_CUE_ROTATION]
+        turn = odom_rotation if odom_rotation is not None else cue_vector[CUE_ROTATION]
         if dt and (odom_rotation is not None or seen):
             if np.linalg.norm(turn) / dt > c.max_turn_rad_s:
                 return VisionFault.FAST
         if odom_rotation is not None and seen:
-            difference = np.linalg.norm(cue_vector[_CUE_ROTATION] - odom_rotation)
+            difference = np.linalg.norm(cue_vector[CUE_ROTATION] - odom_rotation)
             if difference > c.disagree_rad + c.disagree_share * np.linalg.norm(odom_rotation):
                 return VisionFault.DISAGREES
         return None
