@@ -12,8 +12,9 @@ each frame's motion) into what a robot consumes (REP 103 / REP 105):
   into the odom frame (a first-order random walk), and a twist in the base frame with the
   per-frame covariance divided by dt²;
 - a tracking state from the predicted per-frame translation sigma (OK / UNCERTAIN /
-  LOST) and from :mod:`~latent_memory_ros.health`'s check of the camera (a blind, frozen
-  or disagreeing camera is UNCERTAIN with odometry and LOST without); when LOST the covariances are replaced by :data:`LOST_VARIANCE` (rtabmap's
+  LOST) and from :mod:`~latent_memory_ros.health`'s checks of the camera (one that
+  cannot be trusted is UNCERTAIN with odometry and LOST without); when LOST the
+  covariances are replaced by :data:`LOST_VARIANCE` (rtabmap's
   convention) so downstream filters ignore the output, and after ``lost_reset_s`` of
   LOST the memory restarts;
 - time: a stamp that goes backwards (a bag loop) resets everything, a gap longer than
