@@ -40,6 +40,8 @@ QUERY_COLOUR = ColorRGBA(r=0.9, g=0.2, b=0.9, a=1.0)
 _Q_OPTICAL_ARROW = geometry.matrix_to_quat(geometry.R_BODY_OPTICAL.T)
 # Keeps exp(log_var) finite in the covariance however wild an untrained head is.
 MAX_LOG_VAR = 30.0
+# The variance (m^2, rad^2) of a query answer about a place the memory does not hold.
+UNSEEN_VARIANCE = 1e6
 TRACKING_TEXT_HEIGHT_M = 0.8  # the tracking marker floats this far above the base
 
 
@@ -103,10 +105,14 @@ def tracking_markers(header: Header, estimate: Estimate) -> MarkerArray:
 
 
 def query_answer(header: Header, result: QueryResult) -> PoseWithCovarianceStamped:
-    """~/query/pose: the query camera in the latest frame's camera, with its variance."""
+    """~/query/pose: the query camera in the latest frame's camera, with its variance.
+    A place the model says it has not seen (``seen`` below one half) gets the variance
+    :data:`UNSEEN_VARIANCE` on every axis: an answer that carries no information."""
     answer = PoseWithCovarianceStamped(header=header)
     answer.pose.pose = pose_to_msg(result.pose)
     variance = np.exp(np.minimum(result.log_var, MAX_LOG_VAR))
+    if result.seen is not None and result.seen < 0.5:
+        variance = np.full(6, UNSEEN_VARIANCE)
     answer.pose.covariance = np.diag(variance).reshape(36).tolist()
     return answer
 

@@ -110,7 +110,11 @@ def check_query_graph(spec: ModelSpec, session: Any, query_path: Path) -> None:
     shapes["image"] = [1, 3, spec.image_height, spec.image_width]
     shapes["camera"] = [1, 4]
     want_in = {name: shapes[name] for name in spec.query.inputs}
-    want_out = {"rel_pose": [1, 7], "log_var": [1, 6]}
+    want_out = {
+        name: shape
+        for name, shape in (("rel_pose", [1, 7]), ("log_var", [1, 6]), ("seen", [1, 1]))
+        if name in spec.query.outputs
+    }
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     _check_signature(meta, query_path.name, inputs, outputs, want_in, want_out, "'query.inputs'")

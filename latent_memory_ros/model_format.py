@@ -54,6 +54,10 @@ class StateSpec:
     role: str = "memory"  # one of STATE_ROLES
 
 
+QUERY_OUTPUTS = ("rel_pose", "log_var")
+QUERY_SEEN = "seen"  # [1, 1]: the probability that the place is in the memory
+
+
 @dataclass(frozen=True)
 class QuerySpec:
     """The optional ``query`` section: the graph that answers "where was the camera that
@@ -61,6 +65,8 @@ class QuerySpec:
 
     file: str
     inputs: tuple[str, ...]  # "image" and "state.<name>" for the state entries it reads
+    # rel_pose and log_var, and "seen" where the model says whether it knows the place
+    outputs: tuple[str, ...] = QUERY_OUTPUTS
 
 
 @dataclass(frozen=True)
@@ -225,7 +231,18 @@ def _query_spec(data: dict, meta_path: Path, state_names: set[str]) -> QuerySpec
             )
     if len(set(inputs)) != len(inputs):
         raise ModelError(f"{meta_path}: field 'query.inputs' repeats a name")
-    return QuerySpec(file=file, inputs=tuple(inputs))
+    outputs = data["query"].get("outputs", list(QUERY_OUTPUTS))
+    if (
+        not isinstance(outputs, list)
+        or outputs[:2] != list(QUERY_OUTPUTS)
+        or not set(outputs) <= {*QUERY_OUTPUTS, QUERY_SEEN}
+        or len(set(outputs)) != len(outputs)
+    ):
+        raise ModelError(
+            f"{meta_path}: field 'query.outputs' must be {list(QUERY_OUTPUTS)}, optionally "
+            f"followed by '{QUERY_SEEN}'; got {outputs!r}"
+        )
+    return QuerySpec(file=file, inputs=tuple(inputs), outputs=tuple(outputs))
 
 
 def write_metadata(directory: Path, metadata: dict) -> None:

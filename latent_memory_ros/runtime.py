@@ -64,6 +64,9 @@ class QueryResult:
     pose: np.ndarray  # (7,) query camera in the current camera optical frame, xyz_qxyzw
     log_var: np.ndarray  # (6,) log variance of pose: x, y, z (m^2), rx, ry, rz (rad^2)
     query_ms: float
+    # The probability that the place is in the memory (and the answer right); None for
+    # models whose query graph does not say (model.json query.outputs without "seen").
+    seen: float | None = None
 
 
 @dataclass
@@ -272,6 +275,7 @@ class StudentRuntime:
             pose=pose,
             log_var=result["log_var"][0].astype(np.float64),
             query_ms=(time.perf_counter() - start) * 1e3,
+            seen=float(result["seen"][0, 0]) if "seen" in result else None,
         )
 
     def step(

@@ -7,35 +7,17 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-import skimage.data
 import torch
+from parity import camera_frames, perturbed_model, stepped
 
-from latent_memory_ros import cues as cue_defs
 from latent_memory_ros import geometry
 from latent_memory_ros.evaluation import trajectory_metrics
 from latent_memory_ros.model_format import ModelError, file_sha256, load_spec
 from latent_memory_ros.runtime import StudentRuntime
 from latent_memory_training.export.onnx_export import export_model, reference_camera
 from latent_memory_training.models.cells import CELLS
-from latent_memory_training.models.config import ModelConfig
-from latent_memory_training.models.student import LocalisationModel
 
 EXPORTABLE = sorted(name for name, cls in CELLS.items() if cls.exportable)
-
-
-def perturbed_model(cell: str) -> LocalisationModel:
-    """A model whose zero-initialised heads and cell weights are perturbed: with zeros
-    there, parity would hold trivially for them."""
-    torch.manual_seed(0)
-    model = LocalisationModel(ModelConfig(cell=cell))
-    with torch.no_grad():
-        heads = (model.delta, model.log_var, model.speed)
-        for layer in (*heads, model.query_pose, model.query_log_var):
-            layer.weight.normal_(0.0, 0.05)
-        for p in model.cell.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -57,48 +39,13 @@ def exported(exports):
     return exports("kinaema")
 
 
-def _frames(n: int):
-    """A camera panning over a real photo, with odometry that roughly agrees."""
-    photo = cv2.resize(skimage.data.astronaut(), (960, 720))
-    rng = np.random.default_rng(0)
-    for t in range(n):
-        x = 40 + 2 * t
-        rgb = np.ascontiguousarray(photo[60:540, x : x + 640])
-        odom = np.concatenate(
-            [rng.normal(0, 0.01, 3), geometry.rotvec_to_quat(rng.normal(0, 0.01, 3))]
-        )
-        yield rgb, (None if t == 0 else odom)
-
-
-def _stepped(rt: StudentRuntime, frames):
-    """Each frame stepped through the runtime, with the observation the PyTorch model
-    needs for the same frame (the runtime's pre-processing and cues): (rgb, result, obs)."""
-    cfg = cue_defs.CueConfig()
-    k = cue_defs.scale_intrinsics(np.array(rt.spec.intrinsics), cfg.width / rt.spec.image_width)
-    prev = None
-    for rgb, odom in frames:
-        res = rt.step(rgb, odom_motion=odom, dt=1 / 30)
-        gray = cue_defs.to_gray(rgb, cfg)
-        obs = {
-            "image": torch.from_numpy(rt.preprocess(rgb)),
-            "odom": torch.tensor(
-                [[*(odom if odom is not None else [0, 0, 0, 0, 0, 0, 1]), float(odom is not None)]]
-            ).float(),
-            "dt": torch.tensor([[1 / 30]]),
-            "cues": torch.from_numpy(cue_defs.two_view_cues(prev, gray, k, cfg))[None],
-            "camera": reference_camera(),
-        }
-        prev = gray
-        yield rgb, res, obs
-
-
 @pytest.mark.parametrize("cell", EXPORTABLE)
 def test_runtime_matches_pytorch_over_100_steps(cell, exports):
     model, model_dir = exports(cell)
     rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"])
     state = model.initial_state(1)
     worst = 0.0
-    for _, res, obs in _stepped(rt, _frames(100)):
+    for _, res, obs in stepped(rt, camera_frames(100)):
         with torch.no_grad():
             state, out = model.step(state, obs)
         worst = max(worst, np.abs(res.log_var - out["log_var"][0].numpy()).max())
@@ -114,7 +61,7 @@ def test_reset_restores_the_initial_state(exported):
     _, model_dir = exported
     rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
     initial = rt.state
-    for rgb, odom in _frames(5):
+    for rgb, odom in camera_frames(5):
         rt.step(rgb, odom_motion=odom)
     assert not np.allclose(rt.state["pose"], initial["pose"])
     rt.reset()
@@ -207,7 +154,7 @@ def test_query_matches_pytorch_after_rolling_steps(cell, exports):
     assert rt.supports_query
     state = model.initial_state(1)
     seen, worst, asked = [], 0.0, 0
-    for t, (rgb, _, obs) in enumerate(_stepped(rt, _frames(24))):
+    for t, (rgb, _, obs) in enumerate(stepped(rt, camera_frames(24))):
         seen.append(rgb)
         with torch.no_grad():
             state, _ = model.step(state, obs)
@@ -234,7 +181,7 @@ def test_queries_do_not_change_the_state(exported):
     _, model_dir = exported
     plain = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
     asked = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
-    frames = list(_frames(12))
+    frames = list(camera_frames(12))
     for t, (rgb, odom) in enumerate(frames):
         expected = plain.step(rgb, odom_motion=odom, dt=1 / 30)
         before = asked.state
@@ -373,7 +320,7 @@ def test_memory_reset_before_every_frame_keeps_the_pose_and_the_filter(exported)
     _, model_dir = exported
     rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
     initial = rt.state
-    frames = list(_frames(8))
+    frames = list(camera_frames(8))
     motions = np.array([geometry.IDENTITY if m is None else m for _, m in frames])
     run_args = ([(t / 30, rgb) for t, (rgb, _) in enumerate(frames)], geometry.integrate(motions))
     carried = rt.run(*run_args, base_to_camera=geometry.IDENTITY)

@@ -53,7 +53,7 @@ class QueryGraph(nn.Module):
     def __init__(self, model: LocalisationModel) -> None:
         super().__init__()
         self.model = model
-        self.state_names = list(model.cell.memory_entries)
+        self.state_names = list(model.query_inputs())
 
     def forward(self, image, camera, *states):
         state = dict(zip(self.state_names, states, strict=True))
@@ -140,20 +140,22 @@ def export_model(
     if model.cell.exportable:
         query_graph = QueryGraph(model)
         query_inputs = ["image", "camera", *(f"state.{k}" for k in query_graph.state_names)]
+        query_outputs = ["rel_pose", "log_var", *(["seen"] if model.place is not None else [])]
         image, camera = example_inputs(model)[0], reference_camera()
         _export(
             query_graph,
             (image, camera, *(init[k].detach() for k in query_graph.state_names)),
             out_dir / QUERY_FILE,
             query_inputs,
-            ["rel_pose", "log_var"],
+            query_outputs,
         )
         query_section = {
             "file": QUERY_FILE,
             "inputs": query_inputs,
-            "outputs": ["rel_pose", "log_var"],
+            "outputs": query_outputs,
             "frame": "rel_pose: xyz_qxyzw (m) of the query image's camera in the current "
-            "camera optical frame; log_var: x, y, z (m^2), rx, ry, rz (rad^2)",
+            "camera optical frame; log_var: x, y, z (m^2), rx, ry, rz (rad^2)"
+            + ("; seen: probability that the place is in the memory" if model.place else ""),
         }
     else:
         (out_dir / QUERY_FILE).unlink(missing_ok=True)  # a stale one from an earlier export
@@ -189,7 +191,7 @@ def export_model(
                 "name": k,
                 "shape": [1, *s],
                 "dtype": "float32",
-                "role": "memory" if k in model.cell.state_shapes else NON_MEMORY_STATE[k],
+                "role": "memory" if k in model.memory_shapes() else NON_MEMORY_STATE[k],
             }
             for k, s in model.state_shapes().items()
         ],

@@ -29,6 +29,10 @@ class ModelConfig:
     vision_rot_noise: float = 0.002
     bias_walk: float = 1e-6
     vision_bias_floor: float = 0.018
+    # The place memory beside the cell (models/place.py): how many slots, and the size
+    # of a view's descriptor; 0 slots: none (queries read the cell's memory instead).
+    place_slots: int = 0
+    place_dim: int = 32
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -41,6 +41,7 @@ from latent_memory_training.models.cells import (
     TransformerBlock,
 )
 from latent_memory_training.models.config import ModelConfig
+from latent_memory_training.models.place import PlaceMemory
 
 # Per-frame motions are centimetres and centiradians; this brings them to O(1).
 MOTION_SCALE = 30.0
@@ -131,12 +132,32 @@ class LocalisationModel(nn.Module):
         nn.init.zeros_(self.query_pose.bias)
         nn.init.zeros_(self.query_log_var.weight)
         nn.init.zeros_(self.query_log_var.bias)
+        self.place = (
+            PlaceMemory(d, self.encoder.position.shape[0], config.place_slots, config.place_dim)
+            if config.place_slots
+            else None
+        )
+
+    def memory_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The state entries that are memory (the cell's and the place memory's): what
+        the memory ablation resets and model.json calls role ``memory``."""
+        place = self.place.state_shapes if self.place is not None else {}
+        return {**self.cell.state_shapes, **place}
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {**self.cell.state_shapes, "pose": (7,), "bias": (3,), "bias_certainty": (3,)}
+        return {**self.memory_shapes(), "pose": (7,), "bias": (3,), "bias_certainty": (3,)}
+
+    def query_inputs(self) -> tuple[str, ...]:
+        """The state entries a query reads: the place memory and the current pose, or
+        the entries of the cell's memory view."""
+        if self.place is not None:
+            return (*self.place.state_shapes, "pose")
+        return tuple(self.cell.memory_entries)
 
     def initial_state(self, batch: int) -> State:
         state = self.cell.initial_state(batch)
+        if self.place is not None:
+            state = {**state, **self.place.initial_state(batch)}
         pose = torch.zeros(batch, 7)
         pose[:, 6] = 1.0
         device = self.delta.weight.device  # a model moved to a GPU starts its state there
@@ -191,6 +212,10 @@ class LocalisationModel(nn.Module):
         motion = so3.motion_to_pose(rot, trans)
         pose = so3.compose(state["pose"], motion)
         new_state = {**cell_state, "pose": pose, "bias": bias, "bias_certainty": certainty}
+        if self.place is not None:
+            places = {k: state[k] for k in self.place.state_shapes}
+            described = self.place.describe(image_tokens)
+            new_state.update(self.place.write(places, described, pose))
         out = {"pose": pose, "motion": motion, "log_var": self.log_var(h), "bias": correction}
         if memory:  # the memory view (N x E slots), what distillation matches
             out["memory"] = self.cell.memory(cell_state)
@@ -236,12 +261,15 @@ class LocalisationModel(nn.Module):
 
     def query(
         self, state: State, image: torch.Tensor, camera: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         """The pose (xyz_qxyzw) of the camera that took ``image`` (normalised intrinsics
-        ``camera``) in the current camera
-        frame, and its log variance (x, y, z, rx, ry, rz), read from the cell's memory
-        view alone (``state`` needs only its ``memory_entries``); the state is not
-        changed."""
+        ``camera``) in the current camera frame, and its log variance (x, y, z, rx, ry,
+        rz), read from memory alone (``state`` needs only :meth:`query_inputs`); the state
+        is not changed. With a place memory also ``seen`` ``[B, 1]``, the probability
+        that the place is in the memory and the answer right."""
+        if self.place is not None:
+            described = self.place.describe(self.encoder(image, camera))
+            return self.place.answer(state, state["pose"], described)
         memory = self.cell.memory(state)
         b = memory.shape[0]
         token = self.query_token.expand(b, 1, -1)

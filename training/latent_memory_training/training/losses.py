@@ -49,7 +49,8 @@ def query_loss(
     """Pose error of the query head at the window's last frame (valid streams only),
     plus a Gaussian likelihood for its predicted uncertainty."""
     valid = targets["query_valid"]
-    if cfg.query_weight <= 0 or not bool(valid.any()):
+    # A place memory learns from its own contrastive loss (training/place.py).
+    if cfg.query_weight <= 0 or model.place is not None or not bool(valid.any()):
         return torch.zeros(()), {}
     pose, log_var = model.query(state, targets["query_image"], targets["query_camera"])
     target = targets["query_pose"]

@@ -40,7 +40,7 @@ def rollout_runs(
     model.eval()
     n = min(len(s) for s in seqs)
     state = model.initial_state(len(seqs))
-    cell = model.cell.state_shapes
+    cell = model.memory_shapes()
     fresh = {k: v for k, v in state.items() if k in cell} if reset_memory else {}
     poses: list[np.ndarray] = []
     edges = sorted({0, n, *range(0, n, 1 if reset_memory else CHUNK), *(t + 1 for t in stops)})

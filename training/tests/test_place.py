@@ -1,0 +1,141 @@
+"""The place memory (models/place.py): what it writes, what it answers, its loss, and its
+export (step.onnx carries its slots, query.onnx answers with ``seen``)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from parity import camera_frames, perturbed_model, stepped
+
+from latent_memory_ros import geometry
+from latent_memory_ros.messages import UNSEEN_VARIANCE, query_answer
+from latent_memory_ros.runtime import StudentRuntime
+from latent_memory_training.export.onnx_export import export_model, reference_camera
+from latent_memory_training.models.place import FREE, PlaceMemory, place_contrastive_loss
+from latent_memory_training.models.so3 import relative
+
+SLOTS, DIM = 4, 8
+
+
+def _unit(i: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor([i]), DIM).float()
+
+
+def _pose(x: float) -> torch.Tensor:
+    return torch.tensor([[x, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+
+
+def test_new_views_fill_free_slots_and_a_seen_view_is_kept_not_copied():
+    place = PlaceMemory(token_dim=16, grid=2, slots=SLOTS, dim=DIM)
+    state = place.initial_state(1)
+    assert (state["place_age"] == FREE).all()
+    for i in range(3):
+        state = place.write(state, _unit(i), _pose(float(i)))
+    assert state["place_age"].tolist() == [[2.0, 1.0, 0.0, FREE]]
+    assert state["place_poses"][0, :3, 0].tolist() == [0.0, 1.0, 2.0]
+    # View 0 again: no new slot, and slot 0 is seen now (its age back to 0).
+    state = place.write(state, _unit(0), _pose(9.0))
+    assert state["place_age"].tolist() == [[0.0, 2.0, 1.0, FREE]]
+    assert state["place_poses"][0, 0, 0] == 0.0
+    # Two more new views: the free slot, then the one seen longest ago (slot 1).
+    state = place.write(state, _unit(3), _pose(3.0))
+    state = place.write(state, _unit(4), _pose(4.0))
+    assert state["place_age"].tolist() == [[2.0, 0.0, 3.0, 1.0]]
+    assert torch.equal(state["place_keys"][0, 1], _unit(4)[0])
+    assert state["place_poses"][0, 1, 0] == 4.0
+
+
+def test_an_answer_is_the_matching_slot_seen_from_here_and_says_whether_it_was_seen():
+    place = PlaceMemory(token_dim=16, grid=2, slots=SLOTS, dim=DIM)
+    state = place.initial_state(1)
+    stored = torch.tensor([[1.0, 2.0, 3.0, *geometry.rotvec_to_quat(np.array([0, 0.3, 0]))]])
+    state = place.write(state, _unit(0), stored.float())
+    state = place.write(state, _unit(1), _pose(5.0))
+    here = torch.tensor([[0.5, 0.0, -1.0, *geometry.rotvec_to_quat(np.array([0.1, 0, 0]))]])
+    rel, log_var, seen = place.answer(state, here.float(), _unit(0))
+    assert torch.allclose(rel, relative(here.float(), stored.float()), atol=1e-6)
+    assert log_var.shape == (1, 6) and seen.shape == (1, 1)
+    # Seen: cosine 1; never seen: cosine 0 to every slot (the default calibration).
+    _, _, unseen = place.answer(state, here.float(), _unit(5))
+    assert seen.item() > 0.9 and unseen.item() < 0.1
+
+
+def test_the_contrastive_loss_prefers_descriptors_that_group_views_of_one_place():
+    positives = torch.tensor(
+        [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], dtype=torch.bool
+    )
+    grouped = torch.nn.functional.normalize(torch.tensor([[1, 0.1], [1, 0], [0, 1], [0.1, 1]]))
+    mixed = torch.nn.functional.normalize(torch.tensor([[1, 0.1], [0, 1], [1, 0], [0.1, 1]]))
+    assert place_contrastive_loss(grouped, positives) < place_contrastive_loss(mixed, positives)
+    # Ignored pairs count neither as positives nor as negatives.
+    ignore = torch.zeros(4, 4, dtype=torch.bool)
+    ignore[0, 2] = ignore[2, 0] = True
+    assert place_contrastive_loss(mixed, positives, ignore) < place_contrastive_loss(
+        mixed, positives
+    )
+
+
+@pytest.fixture(scope="module")
+def place_export(tmp_path_factory):
+    model = perturbed_model("kinaema")
+    config = model.config
+    config.place_slots = 16
+    torch.manual_seed(1)
+    with_place = type(model)(config)
+    with_place.load_state_dict(model.state_dict(), strict=False)
+    with_place.place.write_below.fill_(0.999)  # random descriptors: write nearly all
+    with_place.eval()
+    return with_place, export_model(with_place, tmp_path_factory.mktemp("place"), "place")
+
+
+def test_the_place_memory_is_memory_in_model_json_and_query_onnx_says_seen(place_export):
+    _, model_dir = place_export
+    meta = json.loads((model_dir / "model.json").read_text())
+    roles = {s["name"]: s["role"] for s in meta["state"]}
+    assert roles["place_keys"] == roles["place_poses"] == roles["place_age"] == "memory"
+    assert meta["query"]["outputs"] == ["rel_pose", "log_var", "seen"]
+    assert meta["query"]["inputs"][-4:] == [
+        "state.place_keys",
+        "state.place_poses",
+        "state.place_age",
+        "state.pose",
+    ]
+
+
+def test_runtime_matches_pytorch_with_a_place_memory(place_export):
+    """Steps and queries (pose, log variance, seen) through ONNX agree with PyTorch."""
+    model, model_dir = place_export
+    rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
+    state = model.initial_state(1)
+    seen_frames, worst = [], 0.0
+    for rgb, _, obs in stepped(rt, camera_frames(30)):
+        seen_frames.append(rgb)
+        with torch.no_grad():
+            state, _ = model.step(state, obs)
+        for name, value in rt.state.items():
+            worst = max(worst, np.abs(value - state[name].numpy()).max())
+    assert (rt.state["place_age"] >= 0).sum() > 1  # it wrote more than one place
+    for rgb in (seen_frames[0], seen_frames[15], seen_frames[-1]):
+        result = rt.query(rgb)
+        with torch.no_grad():
+            image = torch.from_numpy(rt.preprocess(rgb))
+            pose, log_var, seen = model.query(state, image, reference_camera())
+        pose = pose[0].double().numpy()
+        pose[3:] /= np.linalg.norm(pose[3:])
+        worst = max(worst, np.abs(result.pose - pose).max())
+        worst = max(worst, abs(result.seen - float(seen)))
+        assert 0.0 <= result.seen <= 1.0
+    assert worst < 1e-4
+
+
+def test_an_answer_about_an_unseen_place_carries_no_information():
+    from std_msgs.msg import Header
+
+    from latent_memory_ros.runtime import QueryResult
+
+    pose = np.array([0.1, 0, 0, 0, 0, 0, 1.0])
+    sure = query_answer(Header(), QueryResult(pose, np.full(6, -4.0), 1.0, seen=0.9))
+    unsure = query_answer(Header(), QueryResult(pose, np.full(6, -4.0), 1.0, seen=0.2))
+    assert np.isclose(sure.pose.covariance[0], np.exp(-4.0))
+    assert unsure.pose.covariance[0] == unsure.pose.covariance[35] == UNSEEN_VARIANCE
