@@ -295,6 +295,25 @@ def query_scores(trans_m: np.ndarray, rot_deg: np.ndarray) -> dict[str, Any]:
     }
 
 
+def seen_reliability(p: np.ndarray, right: np.ndarray, bins: int = 5) -> list[dict[str, Any]]:
+    """Per bin of the ``seen`` probability: how many answers, the mean probability and
+    the share that was right (a calibrated ``seen`` has the two close)."""
+    edges = np.linspace(0, 1, bins + 1)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = (p >= lo) & ((p < hi) | (hi == 1))
+        if inside.any():
+            out.append(
+                {
+                    "bin": [float(lo), float(hi)],
+                    "answers": int(inside.sum()),
+                    "mean_seen": float(p[inside].mean()),
+                    "right": float(right[inside].mean()),
+                }
+            )
+    return out
+
+
 def query_indices(frames: int, every: int, min_gap: int) -> np.ndarray:
     """The earlier frames a run of ``frames`` frames is asked about once it is done (at
     its last frame): every ``every``-th frame at least ``min_gap`` frames before the last."""

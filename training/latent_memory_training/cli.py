@@ -482,6 +482,23 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--query-every", type=int, default=150, help="frames between queries")
     compare.add_argument("--query-min-gap", type=int, default=30, help="frames back at least")
 
+    place = sub.add_parser(
+        "place",
+        help="add a trained, calibrated place memory to a checkpoint (queries that answer)",
+    )
+    place.add_argument("--checkpoint", type=Path, required=True, help="the model to extend")
+    place.add_argument(
+        "--data", type=Path, nargs="+", required=True, help="training runs (any format)"
+    )
+    place.add_argument("--val", type=Path, required=True, help="validation runs: calibration")
+    place.add_argument("--out", type=Path, required=True, help="the new checkpoint (.pt)")
+    place.add_argument("--slots", type=int, default=128, help="place slots in the memory")
+    place.add_argument("--dim", type=int, default=32, help="size of a view's descriptor")
+    place.add_argument("--steps", type=int, default=1500, help="contrastive training steps")
+    place.add_argument("--every", type=int, default=2, help="train on every N-th frame")
+    place.add_argument("--seed", type=int, default=0)
+    place.add_argument("--threads", type=int, default=1)
+
     heldout = sub.add_parser("heldout", help="held-out accuracy of an exported model and baselines")
     heldout.add_argument("--model", type=Path, required=True)
     heldout.add_argument(
@@ -525,6 +542,10 @@ def main(argv: list[str] | None = None) -> int:
         from latent_memory_training.benchmark.heldout import run
 
         return run(args)
+    if args.command == "place":
+        from latent_memory_training.training.place import run as run_place
+
+        return run_place(args)
     return {"fit": _run_fit, "distill": _run_fit, "export": _run_export}[args.command](args)
 
 

@@ -1,6 +1,7 @@
 """The place memory (models/place.py): what it writes, what it answers, its loss, and its
 export (step.onnx carries its slots, query.onnx answers with ``seen``)."""
 
+import copy
 import json
 
 import numpy as np
@@ -61,6 +62,24 @@ def test_an_answer_is_the_matching_slot_seen_from_here_and_says_whether_it_was_s
     assert seen.item() > 0.9 and unseen.item() < 0.1
 
 
+def test_a_revisit_pulls_the_pose_towards_an_old_place_and_only_an_old_one():
+    place = PlaceMemory(token_dim=16, grid=2, slots=SLOTS, dim=DIM)
+    place.loop_min_age.fill_(10.0)
+    place.loop_gain.copy_(torch.tensor([0.0, 0.5]))  # with odometry: off
+    state = place.write(place.initial_state(1), _unit(0), _pose(0.0))
+    drifted, no_odom, odom = _pose(1.0), torch.zeros(1, 1), torch.ones(1, 1)
+    # Seen one frame ago: not a revisit.
+    assert torch.equal(place.revisit(state, _unit(0), drifted, no_odom), drifted)
+    for _ in range(10):
+        state = place.write(state, _unit(1), _pose(5.0))
+    assert state["place_age"][0, 0] == 10.0
+    pulled = place.revisit(state, _unit(0), drifted, no_odom)
+    assert torch.allclose(pulled, _pose(0.5), atol=1e-6)
+    # With odometry its own gain applies (0 here: left alone); an unlike view: no pull.
+    assert torch.allclose(place.revisit(state, _unit(0), drifted, odom), drifted)
+    assert torch.allclose(place.revisit(state, _unit(3), drifted, no_odom), drifted)
+
+
 def test_the_contrastive_loss_prefers_descriptors_that_group_views_of_one_place():
     positives = torch.tensor(
         [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], dtype=torch.bool
@@ -85,6 +104,9 @@ def place_export(tmp_path_factory):
     with_place = type(model)(config)
     with_place.load_state_dict(model.state_dict(), strict=False)
     with_place.place.write_below.fill_(0.999)  # random descriptors: write nearly all
+    with_place.place.loop_min_age.fill_(5.0)  # and pull the pose at revisits
+    with_place.place.loop_above.fill_(0.5)
+    with_place.place.loop_gain.fill_(0.3)
     with_place.eval()
     return with_place, export_model(with_place, tmp_path_factory.mktemp("place"), "place")
 
@@ -107,15 +129,21 @@ def test_runtime_matches_pytorch_with_a_place_memory(place_export):
     """Steps and queries (pose, log variance, seen) through ONNX agree with PyTorch."""
     model, model_dir = place_export
     rt = StudentRuntime(model_dir, providers=["CPUExecutionProvider"], warmup=0)
-    state = model.initial_state(1)
-    seen_frames, worst = [], 0.0
-    for rgb, _, obs in stepped(rt, camera_frames(30)):
+    no_revisits = copy.deepcopy(model)
+    no_revisits.place.loop_gain.zero_()
+    state, plain = model.initial_state(1), model.initial_state(1)
+    seen_frames, worst, pulled = [], 0.0, 0.0
+    there = list(camera_frames(15))
+    for rgb, _, obs in stepped(rt, there + there[-2::-1]):  # out and back: revisits
         seen_frames.append(rgb)
         with torch.no_grad():
             state, _ = model.step(state, obs)
+            plain, _ = no_revisits.step(plain, obs)
         for name, value in rt.state.items():
             worst = max(worst, np.abs(value - state[name].numpy()).max())
+        pulled = max(pulled, float((state["pose"] - plain["pose"]).abs().max()))
     assert (rt.state["place_age"] >= 0).sum() > 1  # it wrote more than one place
+    assert pulled > 1e-3  # and revisits moved the pose
     for rgb in (seen_frames[0], seen_frames[15], seen_frames[-1]):
         result = rt.query(rgb)
         with torch.no_grad():

@@ -34,6 +34,7 @@ from latent_memory_ros.evaluation import (
     query_indices,
     query_scores,
     ratio_to_baseline,
+    seen_reliability,
     trajectory_metrics,
 )
 from latent_memory_ros.runtime import RunResult, StudentRuntime
@@ -48,6 +49,8 @@ BASELINES = {"model_odom": "odometry", "model_images": "no_motion"}
 KEYS = ("ate_rmse_m", "ate_sim3_rmse_m", "rpe_trans_m", "rpe_rot_deg")
 QUERY_EVERY = 30
 QUERY_MIN_GAP = 30
+OLD_QUERY = 1000  # frames back: queries about places this old are also scored alone
+SEEN_RIGHT = (0.5, 10.0)  # m, deg: an answer "seen" should predict is this close
 
 
 def run_model(
@@ -88,10 +91,11 @@ def evaluate_sequence(
     ``query_errors`` (translation and rotation errors per run)."""
     gt, stamps = seq.gt_camera, seq.stamps
     asked = query_indices(len(seq), query_every, query_min_gap) if rt.supports_query else []
-    queries: dict = {}
+    queries: dict = {}  # per method: translation and rotation errors, and "seen" (or NaN)
     if len(asked):
         true = geometry.relative(np.broadcast_to(gt[-1], (len(asked), 7)), gt[asked])
-        queries["identity"] = query_errors(np.broadcast_to(geometry.IDENTITY, true.shape), true)
+        here = query_errors(np.broadcast_to(geometry.IDENTITY, true.shape), true)
+        queries["identity"] = (*here, np.full(len(asked), np.nan))
     estimates = {}
     step_ms: list[float] = []
     calibration = {}
@@ -101,8 +105,10 @@ def evaluate_sequence(
             run_name = f"{name}_reset" if reset else name
             estimates[run_name] = ran.poses
             if queries:  # asked at the last frame, from the memory this run left
-                answers = np.stack([rt.query(seq.images[i]).pose for i in asked])
-                queries[run_name] = query_errors(answers, true)
+                answers = [rt.query(seq.images[i]) for i in asked]
+                seen = [np.nan if a.seen is None else a.seen for a in answers]
+                errors = query_errors(np.stack([a.pose for a in answers]), true)
+                queries[run_name] = (*errors, np.array(seen))
             if not reset:
                 step_ms += list(ran.step_ms)
                 calibration[name] = calibration_errors(gt, ran.poses, ran.log_var)
@@ -120,7 +126,8 @@ def evaluate_sequence(
             for m in MODEL_METHODS
         }
     if queries:
-        row["query"] = {m: query_scores(*e) for m, e in queries.items()}
+        row["query"] = {m: query_scores(*e[:2]) for m, e in queries.items()}
+    row["query_age"] = len(seq) - 1 - np.asarray(asked)
     row["step_ms"] = step_ms
     row["calibration_errors"] = calibration
     row["query_errors"] = queries
@@ -138,6 +145,7 @@ def _evaluate_file(job: tuple[Path, Path, bool, dict]) -> list[dict]:
         times = row.pop("step_ms")
         errors = row.pop("calibration_errors")
         answer_errors = row.pop("query_errors")
+        ages = row.pop("query_age")
         rows.append(
             {
                 "sequence": s.name,
@@ -150,6 +158,7 @@ def _evaluate_file(job: tuple[Path, Path, bool, dict]) -> list[dict]:
                 # sequences by evaluate(), which removes them before the JSON is written.
                 "_calibration_errors": errors,
                 "_query_errors": answer_errors,
+                "_query_age": ages,
             }
         )
     return rows
@@ -189,11 +198,20 @@ def summarise(rows: list[dict]) -> dict:
             for m in MODEL_METHODS
         }
     if rows[0]["_query_errors"]:
-        summary["query"] = {
-            m: query_scores(
-                *(np.concatenate([r["_query_errors"][m][i] for r in rows]) for i in (0, 1))
-            )
+        pooled = {
+            m: [np.concatenate([r["_query_errors"][m][i] for r in rows]) for i in range(3)]
             for m in rows[0]["_query_errors"]
+        }
+        summary["query"] = {m: query_scores(t, r) for m, (t, r, _) in pooled.items()}
+        old = np.concatenate([r["_query_age"] for r in rows]) >= OLD_QUERY
+        if old.any():  # frames this many steps back (issue 10: "also for frames 1,000+")
+            summary[f"query_{OLD_QUERY}_old"] = {
+                m: query_scores(t[old], r[old]) for m, (t, r, _) in pooled.items()
+            }
+        summary["query_seen"] = {
+            m: seen_reliability(seen, (t < SEEN_RIGHT[0]) & (r < SEEN_RIGHT[1]))
+            for m, (t, r, seen) in pooled.items()
+            if np.isfinite(seen).all()
         }
     return summary
 
@@ -227,7 +245,7 @@ def evaluate(
             }
             calibration[variant]["sequences"] = len(rows)
     for r in per_sequence:
-        del r["_calibration_errors"], r["_query_errors"]
+        del r["_calibration_errors"], r["_query_errors"], r["_query_age"]
     return {
         "model": str(model_dir),
         "summary": summary,

@@ -48,6 +48,12 @@ class PlaceMemory(nn.Module):
         self.register_buffer("seen_scale", torch.tensor(20.0))
         self.register_buffer("seen_offset", torch.tensor(-16.0))
         self.register_buffer("answer_log_var", torch.full((6,), -2.0))
+        # Revisits: a view more like a slot at least loop_min_age frames old than
+        # loop_above pulls the pose loop_gain of the way to the slot's pose (0: never);
+        # with odometry and images only each have their own (chosen on validation runs).
+        self.register_buffer("loop_min_age", torch.tensor(150.0))
+        self.register_buffer("loop_above", torch.tensor([0.95, 0.95]))  # odometry, images
+        self.register_buffer("loop_gain", torch.tensor([0.0, 0.0]))
 
     @property
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -74,6 +80,25 @@ class PlaceMemory(nn.Module):
         """Cosine of ``descriptor`` to every slot, -2 for free slots: ``[B, K]``."""
         sims = torch.einsum("bkd,bd->bk", state["place_keys"], descriptor)
         return torch.where(state["place_age"] >= 0, sims, torch.full_like(sims, -2.0))
+
+    def revisit(
+        self, state: State, descriptor: torch.Tensor, pose: torch.Tensor, odom_valid: torch.Tensor
+    ) -> torch.Tensor:
+        """The pose after a revisit: where this view is very like a slot written or seen
+        at least ``loop_min_age`` frames ago, part of the way to that slot's pose (the
+        drift accumulated since). ``odom_valid`` ``[B, 1]`` picks the mode's gain."""
+        sims = self.similarity(state, descriptor)
+        best, match = sims.max(dim=1)
+        pick = nn.functional.one_hot(match, self.slots).to(pose.dtype)
+        age = (state["place_age"] * pick).sum(dim=1)
+        mode = torch.cat([odom_valid, 1 - odom_valid], dim=1)  # [B, 2]: which one applies
+        above = (mode * self.loop_above).sum(dim=1)
+        loop = ((best > above) & (age >= self.loop_min_age)).to(pose.dtype)[:, None]
+        gain = loop * (mode * self.loop_gain).sum(dim=1, keepdim=True)
+        place = (state["place_poses"] * pick[..., None]).sum(dim=1)
+        delta = so3.relative(pose, place)
+        step = so3.motion_to_pose(so3.quat_to_rotvec(delta[:, 3:]) * gain, delta[:, :3] * gain)
+        return so3.compose(pose, step)
 
     def write(self, state: State, descriptor: torch.Tensor, pose: torch.Tensor) -> State:
         """One frame: write a new view, or mark the slot it resembles as seen."""

@@ -211,11 +211,14 @@ class LocalisationModel(nn.Module):
         trans = odom_valid * odom_trans + free * (prior + delta[:, 3:])
         motion = so3.motion_to_pose(rot, trans)
         pose = so3.compose(state["pose"], motion)
-        new_state = {**cell_state, "pose": pose, "bias": bias, "bias_certainty": certainty}
         if self.place is not None:
             places = {k: state[k] for k in self.place.state_shapes}
             described = self.place.describe(image_tokens)
-            new_state.update(self.place.write(places, described, pose))
+            pose = self.place.revisit(places, described, pose, odom_valid)
+            places = self.place.write(places, described, pose)
+        new_state = {**cell_state, "pose": pose, "bias": bias, "bias_certainty": certainty}
+        if self.place is not None:
+            new_state.update(places)
         out = {"pose": pose, "motion": motion, "log_var": self.log_var(h), "bias": correction}
         if memory:  # the memory view (N x E slots), what distillation matches
             out["memory"] = self.cell.memory(cell_state)

@@ -13,32 +13,44 @@ recognition alone.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from torch import nn
 
-from latent_memory_ros import geometry
-from latent_memory_ros.evaluation import query_errors, query_indices
-from latent_memory_training.data.prepare import PreparedSequence
+from latent_memory_ros import cues, geometry
+from latent_memory_ros.datasets import read_sequence
+from latent_memory_ros.evaluation import query_errors, query_indices, seen_reliability
+from latent_memory_training.data.prepare import find_sources
 from latent_memory_training.data.streams import normalise
+from latent_memory_training.models.config import ModelConfig
 from latent_memory_training.models.place import place_contrastive_loss
 from latent_memory_training.models.student import LocalisationModel
+from latent_memory_training.training.checkpoint import Checkpoint, save_checkpoint
+from latent_memory_training.training.config import TrainConfig
 
 SAME_PLACE = (0.5, 10.0)  # m, degrees: the query recall's threshold (evaluation.py)
 OTHER_PLACE = (1.0, 25.0)
 ENCODE_CHUNK = 256
+# Calibration: the write thresholds tried, and the share of the slots validation runs
+# (600 frames) may fill, so that runs three times as long still fit.
+WRITE_THRESHOLDS = (0.7, 0.8, 0.85, 0.9, 0.95)
+MAX_SLOT_SHARE = 0.4
 
 
 @torch.no_grad()
-def encode(model: LocalisationModel, seq: PreparedSequence, frames: np.ndarray) -> torch.Tensor:
-    """The frozen encoder's tokens ``[n, G, E]`` of the chosen frames of a run."""
+def encode(model: LocalisationModel, images: np.ndarray, camera: np.ndarray) -> torch.Tensor:
+    """The frozen encoder's tokens ``[n, G, E]`` of uint8 views ``[n, h, w, 3]`` at the
+    network's size, taken with normalised intrinsics ``camera``."""
     out = []
-    camera = torch.from_numpy(seq.camera.astype(np.float32))[None]
-    for i in range(0, len(frames), ENCODE_CHUNK):
-        images = torch.from_numpy(seq.images[frames[i : i + ENCODE_CHUNK]])
-        x = normalise(images[None])[0]
+    camera = torch.from_numpy(camera.astype(np.float32))[None]
+    for i in range(0, len(images), ENCODE_CHUNK):
+        x = normalise(torch.from_numpy(images[i : i + ENCODE_CHUNK])[None])[0]
         out.append(model.encoder(x, camera.expand(len(x), -1)))
     return torch.cat(out)
 
@@ -130,7 +142,10 @@ def recognition(
     expand = {k: v.expand(len(asked), *v.shape[1:]) for k, v in state.items()}
     best = place.similarity(expand, descriptors[asked]).max(dim=1).values
     truth = geometry.relative(run.gt[-1], run.gt[asked])
-    trans, rot = query_errors(rel.double().numpy(), truth)
+    answers = rel.double().numpy()
+    trans, rot = query_errors(answers, truth)
+    d = geometry.relative(truth, answers)
+    errors = np.concatenate([d[:, :3], geometry.quat_to_rotvec(d[:, 3:])], axis=1)
     unseen = torch.cat(others)
     expand = {k: v.expand(len(unseen), *v.shape[1:]) for k, v in state.items()}
     unseen_best = place.similarity(expand, place.describe(unseen)).max(dim=1).values
@@ -138,7 +153,126 @@ def recognition(
         "best": best.numpy(),
         "trans_m": trans,
         "rot_deg": rot,
+        "errors": errors,
         "right": (trans < SAME_PLACE[0]) & (rot < SAME_PLACE[1]),
         "unseen_best": unseen_best.numpy(),
         "slots_used": int((state["place_age"] >= 0).sum()),
     }
+
+
+def views_of(model: LocalisationModel, path: Path, every: int = 1) -> RunViews:
+    """Every ``every``-th view of a run (any format :mod:`latent_memory_ros.datasets`
+    reads) as the frozen encoder's tokens, with the ground-truth camera poses. Only
+    images and poses: place training needs no cues."""
+    seq = read_sequence(path)
+    size = (model.config.image_width, model.config.image_height)
+    frames = np.arange(0, len(seq), every)
+    images = np.stack(
+        [cv2.resize(seq.images[i], size, interpolation=cv2.INTER_AREA) for i in frames]
+    )
+    camera = cues.normalised_intrinsics(seq.intrinsics, *seq.size)
+    gt = geometry.relative(seq.gt_camera[:1], seq.gt_camera)[frames]
+    return RunViews(encode(model, images, camera), gt)
+
+
+def fit_seen(best: np.ndarray, right: np.ndarray) -> tuple[float, float]:
+    """Logistic regression of whether an answer is right on its best cosine: ``(scale,
+    offset)`` of ``seen = sigmoid(scale * cosine + offset)``."""
+    x = torch.from_numpy(best.astype(np.float64))
+    y = torch.from_numpy(right.astype(np.float64))
+    params = torch.tensor([10.0, -8.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(params[0] * x + params[1], y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(params[0].detach()), float(params[1].detach())
+
+
+def calibrate(
+    model: LocalisationModel,
+    runs: list[RunViews],
+    thresholds: tuple[float, ...] = WRITE_THRESHOLDS,
+    max_share: float = MAX_SLOT_SHARE,
+) -> dict:
+    """Choose the write threshold on validation runs (the highest recognition recall
+    among those that fill at most ``max_share`` of the slots, leaving room for runs
+    longer than these), then fit ``seen`` (asked also about other runs' views: places
+    never seen) and the answers' log variance. Sets the place memory's buffers; returns
+    what was measured."""
+    place = model.place
+    trials = []
+    for threshold in thresholds:
+        place.write_below.fill_(threshold)
+        res = [
+            recognition(model, r, [runs[(i + 1) % len(runs)].tokens[::20]])
+            for i, r in enumerate(runs)
+        ]
+        trials.append(
+            {
+                "write_below": threshold,
+                "recall": float(np.concatenate([r["right"] for r in res]).mean()),
+                "slots_used": float(np.mean([r["slots_used"] for r in res])),
+                "results": res,
+            }
+        )
+    room = [t for t in trials if t["slots_used"] <= max_share * place.slots] or trials[:1]
+    chosen = max(room, key=lambda t: t["recall"])
+    place.write_below.fill_(chosen["write_below"])
+    res = chosen["results"]
+    right = np.concatenate([r["right"] for r in res])
+    best = np.concatenate([r["best"] for r in res])
+    unseen = np.concatenate([r["unseen_best"] for r in res])
+    scale, offset = fit_seen(
+        np.concatenate([best, unseen]), np.concatenate([right, np.zeros(len(unseen), bool)])
+    )
+    place.seen_scale.fill_(scale)
+    place.seen_offset.fill_(offset)
+    errors = np.concatenate([r["errors"][r["right"]] for r in res])
+    place.answer_log_var.copy_(torch.from_numpy(np.log(np.mean(errors**2, axis=0))).float())
+    seen = 1 / (1 + np.exp(-(scale * best + offset)))
+    seen_unseen = 1 / (1 + np.exp(-(scale * unseen + offset)))
+    return {
+        "write_below": chosen["write_below"],
+        "trials": [{k: v for k, v in t.items() if k != "results"} for t in trials],
+        "recognition_recall": float(right.mean()),
+        "seen_scale": scale,
+        "seen_offset": offset,
+        "seen_calibration": seen_reliability(
+            np.concatenate([seen, seen_unseen]),
+            np.concatenate([right, np.zeros(len(unseen), bool)]),
+        ),
+        "answer_log_var": place.answer_log_var.tolist(),
+    }
+
+
+def run(args) -> int:
+    """``latent_memory_train place``: add a trained, calibrated place memory to a
+    checkpoint (everything else kept) and write the result as a new checkpoint."""
+    data = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    config = ModelConfig(**{**data["model_config"], "place_slots": args.slots})
+    config.place_dim = args.dim
+    model = LocalisationModel(config)
+    missing = model.load_state_dict(data["model"], strict=False).missing_keys
+    unexpected = [k for k in missing if not k.startswith("place.")]
+    if unexpected:
+        raise ValueError(f"{args.checkpoint} does not fit the model: {unexpected[:8]} missing")
+    torch.set_num_threads(args.threads)
+    model.eval().requires_grad_(False)
+    model.place.requires_grad_(True)
+    train = [views_of(model, s.path, args.every) for s in find_sources(args.data)]
+    val = [views_of(model, s.path) for s in find_sources([args.val])]
+    history = train_descriptors(model, train, args.steps, seed=args.seed)
+    measured = calibrate(model, val)
+    model.requires_grad_(True)
+    ckpt = Checkpoint(config, TrainConfig(**data["train_config"]), step=data["step"])
+    ckpt.history = [*data["history"], {"place": {"history": history, **measured}}]
+    save_checkpoint(args.out, model, None, ckpt)
+    print(json.dumps({k: v for k, v in measured.items() if k != "trials"}, indent=1))
+    for t in measured["trials"]:
+        print(json.dumps(t))
+    return 0
