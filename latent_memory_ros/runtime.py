@@ -174,6 +174,10 @@ class StudentRuntime:
         self._state = {k: v.copy() for k, v in self._init_state.items()}
         self._prev_gray: np.ndarray | None = None
         self.frames = 0
+        # What the last step spent where (ms): preprocess (the network input), grey (the
+        # cue-size grey image), cues, health (``trust_cues``), onnx (the step graph) and
+        # state (feed, carried state, outputs). benchmarks/profile_hot_path.py reads it.
+        self.stage_ms: dict[str, float] = {}
 
     def forget_memory(self) -> None:
         """Reset only the memory cell's state entries (``model.json`` role ``memory``) to
@@ -285,19 +289,24 @@ class StudentRuntime:
         ``trust_cues(gray, cue_vector)``, when given, is asked before the network runs;
         False feeds the network "no cues" (valid 0), so that its drift filter does not
         learn from a camera that cannot be trusted."""
-        start = time.perf_counter()
+        clock = time.perf_counter
+        start = clock()
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
         feed = {"image": self.preprocess(rgb)}
+        t_pre = t_gray = t_cues = t_health = clock()
         names = self.spec.inputs_optional
         if "cues" in names:
             gray = cues.to_gray(rgb, self._cue_config)
+            t_gray = clock()
             feed["cues"] = cues.two_view_cues(
                 self._prev_gray, gray, self._camera_cue_intrinsics, self._cue_config
             )[None]
             self._prev_gray = gray
+            t_cues = clock()
             if trust_cues is not None and not trust_cues(gray, feed["cues"][0]):
                 feed["cues"] = np.zeros_like(feed["cues"])
+            t_health = clock()
         if "odom" in names:
             if odom_motion is None:
                 feed["odom"] = _ODOM_INVALID
@@ -309,17 +318,26 @@ class StudentRuntime:
             feed["dt"] = np.array([[dt if dt is not None else 0.0]], dtype=np.float32)
         for name, value in self._state.items():
             feed[f"state.{name}"] = value
+        t_feed = clock()
         outputs = self._session.run(None, feed)
+        t_model = clock()
         result = dict(zip((o.name for o in self._session.get_outputs()), outputs, strict=True))
         for name in self._state:
             self._state[name] = result[f"state_out.{name}"]
         self.frames += 1
         pose = result["pose"][0].astype(np.float64)
         pose[3:] /= np.linalg.norm(pose[3:])
+        end = clock()
+        self.stage_ms = {
+            "preprocess": (t_pre - start) * 1e3,
+            "grey": (t_gray - t_pre) * 1e3,
+            "cues": (t_cues - t_gray) * 1e3,
+            "health": (t_health - t_cues) * 1e3,
+            "onnx": (t_model - t_feed) * 1e3,
+            "state": ((t_feed - t_health) + (end - t_model)) * 1e3,
+        }
         return StepResult(
-            pose=pose,
-            log_var=result["log_var"][0].astype(np.float64),
-            step_ms=(time.perf_counter() - start) * 1e3,
+            pose=pose, log_var=result["log_var"][0].astype(np.float64), step_ms=(end - start) * 1e3
         )
 
     def run(

@@ -1,0 +1,211 @@
+"""Where a frame's time goes, stage by stage, at 640x480, without DDS.
+
+Frames of a rendered held-out run (320x240) are upscaled to 640x480 and wrapped in
+sensor_msgs/Image (rgb8) and CompressedImage (JPEG) messages beforehand; then, per frame
+and in the node's order: decode, :meth:`Localizer.process` (whose runtime step reports
+its own stages in ``StudentRuntime.stage_ms``), and the outputs built and serialised
+(``rclpy.serialization``, what the RMW does before sending) by the node's
+:class:`EstimatePublisher`. The step graph alone (``step.onnx``, one fixed feed) runs
+right after every frame, so that the ratio runtime step / model alone is measured under
+the same load. Nice it, and read the ratios: this machine's two cores are shared.
+
+    nice -n 5 .venv/bin/python benchmarks/profile_hot_path.py --frames 600
+    nice -n 5 .venv/bin/python benchmarks/profile_hot_path.py --cue-sizes 320x240,240x180,160x120
+
+``--cue-sizes`` also times the cues alone at each size on the same frames and scores
+their rotation against the ground truth (median / p90 error per frame, mrad).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import CompressedImage, Image
+
+from latent_memory_ros import cues, geometry, images, messages
+from latent_memory_ros.localizer import Localizer, LocalizerConfig
+from latent_memory_ros.runtime import StudentRuntime
+
+REPO = Path(__file__).resolve().parent.parent
+RUNTIME_STAGES = ("preprocess", "grey", "cues", "health", "onnx", "state")
+
+
+class SerialisingPublisher:
+    """A publisher that only serialises: the cost of a message up to the RMW."""
+
+    def __init__(self, subscribers: int = 1) -> None:
+        self.subscribers = subscribers
+
+    def publish(self, msg) -> None:
+        serialize_message(msg)
+
+    def get_subscription_count(self) -> int:
+        return self.subscribers
+
+    def sendTransform(self, transform) -> None:  # noqa: N802 (tf2_ros' name)
+        serialize_message(transform)  # tf2_msgs is not installed here: its one entry
+
+
+def load_run(path: Path, frames: int, width: int, height: int) -> dict:
+    with np.load(path) as z:
+        run = {k: z[k] for k in ("stamps", "odom_base", "base_to_camera", "intrinsics")}
+        small = z["images"][:frames]
+        run["gt_camera"] = z["gt_camera"][:frames]
+    scale = width / small.shape[2]
+    run["images"] = np.stack([cv2.resize(im, (width, height)) for im in small])
+    run["intrinsics"] = cues.scale_intrinsics(run["intrinsics"], scale, height / small.shape[1])
+    return run
+
+
+def image_messages(rgb: np.ndarray, stamp: float) -> tuple[Image, CompressedImage]:
+    raw = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
+    raw.data = rgb.tobytes()
+    jpeg = CompressedImage(format="jpeg")
+    jpeg.data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+    for msg in (raw, jpeg):
+        msg.header.stamp.sec, msg.header.stamp.nanosec = int(stamp), int(stamp % 1 * 1e9)
+        msg.header.frame_id = "camera_optical"
+    return raw, jpeg
+
+
+def percentiles(values) -> tuple[float, float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return float(np.percentile(v, 50)), float(np.percentile(v, 99)), float(v.mean())
+
+
+def profile(args: argparse.Namespace, run: dict) -> dict[str, list[float]]:
+    runtime = StudentRuntime(args.model, providers=["CPUExecutionProvider"])
+    h, w = run["images"].shape[1:3]
+    runtime.set_camera(run["intrinsics"], w, h)
+    localizer = Localizer(runtime, LocalizerConfig(base_to_camera=run["base_to_camera"]))
+    publishers = {k: SerialisingPublisher() for k in ("pose", "odometry", "status", "path")}
+    publishers["markers"] = SerialisingPublisher(subscribers=0)
+    outputs = messages.EstimatePublisher(
+        publishers,
+        SerialisingPublisher(),
+        "odom",
+        "base_link",
+        messages.PathBuffer(2000, 1.0, True),
+    )
+    msgs = [image_messages(rgb, s) for rgb, s in zip(run["images"], run["stamps"], strict=False)]
+    # The model alone: one fixed feed of the right shapes, the carried state included.
+    alone = {"image": runtime.preprocess(run["images"][0])}
+    names = runtime.spec.inputs_optional
+    alone |= {"cues": np.zeros((1, cues.CUE_DIM), np.float32)} if "cues" in names else {}
+    alone |= {"odom": np.zeros((1, 8), np.float32)} if "odom" in names else {}
+    alone |= {"camera": runtime._camera_feed} if "camera" in names else {}
+    alone |= {"dt": np.full((1, 1), 1 / 30, np.float32)} if "dt" in names else {}
+    alone |= {f"state.{k}": v for k, v in runtime.state.items()}
+    session = runtime._session
+
+    times: dict[str, list[float]] = {}
+
+    def add(stage: str, ms: float) -> None:
+        times.setdefault(stage, []).append(ms)
+
+    clock = time.perf_counter
+    for i, (raw, jpeg) in enumerate(msgs):
+        stamp_ns = int(round(run["stamps"][i] * 1e9))
+        t0 = clock()
+        images.compressed_msg_to_rgb(jpeg)
+        t1 = clock()
+        rgb = images.image_msg_to_rgb(raw)
+        t2 = clock()
+        localizer.add_odometry(stamp_ns, run["odom_base"][i])
+        estimate = localizer.process(rgb, stamp_ns, True)
+        t3 = clock()
+        status = messages.tracking_status(estimate, "profile", runtime.frames, runtime.spec.name)
+        outputs.publish(raw.header.stamp, estimate, status)
+        t4 = clock()
+        session.run(None, alone)
+        t5 = clock()
+        if i < args.warmup:
+            continue
+        add("decode JPEG (instead of rgb8)", (t1 - t0) * 1e3)
+        add("decode rgb8 Image", (t2 - t1) * 1e3)
+        for stage in RUNTIME_STAGES:
+            add(stage, runtime.stage_ms[stage])
+        add("runtime step", estimate.step_ms)
+        add("localizer (odometry, health, pose)", (t3 - t2) * 1e3 - estimate.step_ms)
+        add("outputs built + serialised", (t4 - t3) * 1e3)
+        add("node work per frame (rgb8)", (t4 - t1) * 1e3)
+        add("model alone (step.onnx)", (t5 - t4) * 1e3)
+    return times
+
+
+def table(times: dict[str, list[float]]) -> str:
+    total = np.mean(times["node work per frame (rgb8)"])
+    rows = ["| stage | p50 (ms) | p99 (ms) | share of the node's work |", "|---|---|---|---|"]
+    for stage, values in times.items():
+        p50, p99, mean = percentiles(values)
+        indent = "  " if stage in RUNTIME_STAGES else ""
+        share = "" if stage.startswith(("model alone", "decode JPEG")) else f"{mean / total:.0%}"
+        rows.append(f"| {indent}{stage} | {p50:.3f} | {p99:.3f} | {share} |")
+    step, model = (percentiles(times[k]) for k in ("runtime step", "model alone (step.onnx)"))
+    rows.append(
+        f"\nruntime step / model alone: p50 {step[0] / model[0]:.2f}x, p99 {step[1] / model[1]:.2f}x"
+        f" ({len(times['runtime step'])} frames)"
+    )
+    return "\n".join(rows)
+
+
+def cue_sizes(args: argparse.Namespace, run: dict) -> str:
+    """Per cue size: the cues' cost per frame (grey image included) and their rotation
+    error against the ground truth."""
+    gt = run["gt_camera"]
+    true = geometry.quat_to_rotvec(geometry.relative(gt[:-1], gt[1:])[:, 3:])
+    h, w = run["images"].shape[1:3]
+    rows = [
+        "| cue size | grey + cues p50 (ms) | p99 (ms) | valid | rotation error median / p90 (mrad) |",
+        "|---|---|---|---|---|",
+    ]
+    for size in args.cue_sizes.split(","):
+        cw, ch = (int(v) for v in size.split("x"))
+        config = cues.CueConfig(width=cw, height=ch)
+        k = cues.cue_intrinsics(run["intrinsics"], w, h, config)
+        tracker = cues.CueTracker(k, config)
+        out, ms = [], []
+        for rgb in run["images"]:
+            start = time.perf_counter()
+            out.append(tracker.update(cues.to_gray(rgb, config)))
+            ms.append((time.perf_counter() - start) * 1e3)
+        out = np.array(out)[1:]
+        ok = out[:, cues.CUE_VALID] > 0
+        err = np.linalg.norm(out[ok, cues.CUE_ROTATION] - true[ok], axis=1) * 1e3
+        p50, p99, _ = percentiles(ms[args.warmup :])
+        rows.append(
+            f"| {cw}x{ch} | {p50:.3f} | {p99:.3f} | {ok.mean():.3f} | "
+            f"{np.median(err):.2f} / {np.percentile(err, 90):.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "default")
+    parser.add_argument("--run", type=Path, default=Path("/work/data/test/test_000.npz"))
+    parser.add_argument("--frames", type=int, default=600)
+    parser.add_argument("--warmup", type=int, default=30, help="frames left out of the table")
+    parser.add_argument("--size", default="640x480", help="frame size the run is upscaled to")
+    parser.add_argument("--cue-sizes", default="", help="e.g. 320x240,240x180,160x120")
+    parser.add_argument("--json", type=Path, help="also write the per-frame times here")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.split("x"))
+    run = load_run(args.run, args.frames, width, height)
+    times = profile(args, run)
+    print(f"{args.run.name}, {args.frames} frames at {width}x{height}\n")
+    print(table(times))
+    if args.cue_sizes:
+        print("\n" + cue_sizes(args, run))
+    if args.json:
+        args.json.write_text(json.dumps(times))
+
+
+if __name__ == "__main__":
+    main()
