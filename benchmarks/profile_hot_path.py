@@ -10,9 +10,9 @@ right after every frame, so that the ratio runtime step / model alone is measure
 the same load. Nice it, and read the ratios: this machine's two cores are shared.
 
     nice -n 5 .venv/bin/python benchmarks/profile_hot_path.py --frames 600
-    nice -n 5 .venv/bin/python benchmarks/profile_hot_path.py --cue-sizes 320x240,240x180,160x120
+    nice -n 5 .venv/bin/python benchmarks/profile_hot_path.py --no-step --cues 320x240:0,320x240:0.8,240x180:0.8
 
-``--cue-sizes`` also times the cues alone at each size on the same frames and scores
+``--cues`` also times the cues alone in each configuration on the same frames and scores
 their rotation against the ground truth (median / p90 error per frame, mrad).
 """
 
@@ -155,33 +155,47 @@ def table(times: dict[str, list[float]]) -> str:
     return "\n".join(rows)
 
 
-def cue_sizes(args: argparse.Namespace, run: dict) -> str:
-    """Per cue size: the cues' cost per frame (grey image included) and their rotation
-    error against the ground truth."""
+def cue_variants(args: argparse.Namespace, run: dict) -> str:
+    """Per cue configuration (``WxH[:redetect_below[:window[:levels]]]``): the cues' cost
+    per frame (grey image included), how often corners were detected, the mean corner
+    share (CUE_CORNERS) and the rotation error against the ground truth."""
     gt = run["gt_camera"]
     true = geometry.quat_to_rotvec(geometry.relative(gt[:-1], gt[1:])[:, 3:])
     h, w = run["images"].shape[1:3]
     rows = [
-        "| cue size | grey + cues p50 (ms) | p99 (ms) | valid | rotation error median / p90 (mrad) |",
-        "|---|---|---|---|---|",
+        "| cues (size : redetect below : window : levels) | p50 (ms) | p99 (ms) | detected "
+        "| corners | valid | rotation error median / p90 (mrad) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for size in args.cue_sizes.split(","):
+    variants = []
+    for variant in args.cues.split(","):
+        size, *rest = variant.split(":")
         cw, ch = (int(v) for v in size.split("x"))
-        config = cues.CueConfig(width=cw, height=ch)
+        fields = dict(zip(("redetect_below", "window", "levels"), rest, strict=False))
+        config = cues.CueConfig(
+            width=cw,
+            height=ch,
+            redetect_below=float(fields.get("redetect_below", cues.CueConfig.redetect_below)),
+            window=int(fields.get("window", cues.CueConfig.window)),
+            levels=int(fields.get("levels", cues.CueConfig.levels)),
+        )
         k = cues.cue_intrinsics(run["intrinsics"], w, h, config)
-        tracker = cues.CueTracker(k, config)
-        out, ms = [], []
-        for rgb in run["images"]:
+        variants.append((config, cues.CueTracker(k, config), [], []))
+    for rgb in run["images"]:  # the variants in turn on each frame: under the same load
+        for config, tracker, out, ms in variants:
             start = time.perf_counter()
             out.append(tracker.update(cues.to_gray(rgb, config)))
             ms.append((time.perf_counter() - start) * 1e3)
+    for config, tracker, out, ms in variants:
         out = np.array(out)[1:]
         ok = out[:, cues.CUE_VALID] > 0
         err = np.linalg.norm(out[ok, cues.CUE_ROTATION] - true[ok], axis=1) * 1e3
         p50, p99, _ = percentiles(ms[args.warmup :])
+        name = f"{config.width}x{config.height} : {config.redetect_below:g} : {config.window}"
         rows.append(
-            f"| {cw}x{ch} | {p50:.3f} | {p99:.3f} | {ok.mean():.3f} | "
-            f"{np.median(err):.2f} / {np.percentile(err, 90):.2f} |"
+            f"| {name} : {config.levels} | {p50:.3f} | {p99:.3f} | "
+            f"{tracker.detections / len(ms):.2f} | {out[ok, cues.CUE_CORNERS].mean():.3f} | "
+            f"{ok.mean():.3f} | {np.median(err):.2f} / {np.percentile(err, 90):.2f} |"
         )
     return "\n".join(rows)
 
@@ -193,18 +207,22 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--warmup", type=int, default=30, help="frames left out of the table")
     parser.add_argument("--size", default="640x480", help="frame size the run is upscaled to")
-    parser.add_argument("--cue-sizes", default="", help="e.g. 320x240,240x180,160x120")
+    parser.add_argument(
+        "--cues", default="", help="cue variants to compare, e.g. 320x240:0,320x240:0.8,240x180"
+    )
+    parser.add_argument("--no-step", action="store_true", help="only the cue variants")
     parser.add_argument("--json", type=Path, help="also write the per-frame times here")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     run = load_run(args.run, args.frames, width, height)
-    times = profile(args, run)
     print(f"{args.run.name}, {args.frames} frames at {width}x{height}\n")
-    print(table(times))
-    if args.cue_sizes:
-        print("\n" + cue_sizes(args, run))
-    if args.json:
-        args.json.write_text(json.dumps(times))
+    if not args.no_step:
+        times = profile(args, run)
+        print(table(times))
+        if args.json:
+            args.json.write_text(json.dumps(times))
+    if args.cues:
+        print("\n" + cue_variants(args, run))
 
 
 if __name__ == "__main__":

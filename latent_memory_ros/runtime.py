@@ -106,7 +106,7 @@ class StudentRuntime:
         model_dir: Path | str,
         providers: tuple[str, ...] | list[str] | None = DEFAULT_PROVIDERS,
         warmup: int = 3,
-        intra_op_threads: int = 0,
+        intra_op_threads: int = 1,
     ) -> None:
         import onnxruntime as ort
 
@@ -160,6 +160,8 @@ class StudentRuntime:
         self._cue_intrinsics = cues.scale_intrinsics(
             self.spec.intrinsics, self._cue_config.width / self.spec.image_width
         )
+        self._cue_tracker = cues.CueTracker(self._cue_intrinsics, self._cue_config)
+        self._output_names = [o.name for o in self._session.get_outputs()]
         self.set_camera(self.spec.intrinsics, self.spec.image_width, self.spec.image_height)
         self.reset()
         blank = np.zeros((self.spec.image_height, self.spec.image_width, 3), np.uint8)
@@ -172,7 +174,7 @@ class StudentRuntime:
     def reset(self) -> None:
         """Forget everything: memory, pose and the previous frame."""
         self._state = {k: v.copy() for k, v in self._init_state.items()}
-        self._prev_gray: np.ndarray | None = None
+        self._cue_tracker.reset()
         self.frames = 0
         # What the last step spent where (ms): preprocess (the network input), grey (the
         # cue-size grey image), cues, health (``trust_cues``), onnx (the step graph) and
@@ -210,7 +212,7 @@ class StudentRuntime:
             raise ValueError(f"camera size {width}x{height} too small")
         self._camera_feed = cues.normalised_intrinsics(k, width, height).astype(np.float32)[None]
         # Every frame is resized to the cue resolution, so its size does not matter here.
-        self._camera_cue_intrinsics = cues.cue_intrinsics(k, width, height, self._cue_config)
+        self._cue_tracker.intrinsics = cues.cue_intrinsics(k, width, height, self._cue_config)
 
     @property
     def input_camera(self) -> tuple[int, int, tuple[float, float, float, float]]:
@@ -230,7 +232,7 @@ class StudentRuntime:
                 raise ModelError(f"state '{name}': {have}, the model carries {init.shape}")
             restored[name] = np.asarray(value, dtype=init.dtype).copy()
         self._state = restored
-        self._prev_gray = None
+        self._cue_tracker.reset()
         self.frames = frames
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
@@ -299,10 +301,7 @@ class StudentRuntime:
         if "cues" in names:
             gray = cues.to_gray(rgb, self._cue_config)
             t_gray = clock()
-            feed["cues"] = cues.two_view_cues(
-                self._prev_gray, gray, self._camera_cue_intrinsics, self._cue_config
-            )[None]
-            self._prev_gray = gray
+            feed["cues"] = self._cue_tracker.update(gray)[None]
             t_cues = clock()
             if trust_cues is not None and not trust_cues(gray, feed["cues"][0]):
                 feed["cues"] = np.zeros_like(feed["cues"])
@@ -319,9 +318,8 @@ class StudentRuntime:
         for name, value in self._state.items():
             feed[f"state.{name}"] = value
         t_feed = clock()
-        outputs = self._session.run(None, feed)
+        result = dict(zip(self._output_names, self._session.run(None, feed), strict=True))
         t_model = clock()
-        result = dict(zip((o.name for o in self._session.get_outputs()), outputs, strict=True))
         for name in self._state:
             self._state[name] = result[f"state_out.{name}"]
         self.frames += 1
