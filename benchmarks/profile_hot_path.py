@@ -200,6 +200,29 @@ def cue_variants(args: argparse.Namespace, run: dict) -> str:
     return "\n".join(rows)
 
 
+def thread_counts(args: argparse.Namespace, run: dict) -> str:
+    """The step graph's time in the runtime per ``intra_op_threads``, in blocks of
+    frames taken in turn (sessions that spin their threads would slow one another if
+    interleaved frame by frame)."""
+    counts = [int(v) for v in args.threads.split(",")]
+    runtimes = {
+        n: StudentRuntime(args.model, providers=["CPUExecutionProvider"], intra_op_threads=n)
+        for n in counts
+    }
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    for _ in range(4):
+        for n, runtime in runtimes.items():
+            runtime.reset()
+            for rgb in run["images"][: len(run["images"]) // 4]:
+                runtime.step(rgb)
+                times[n].append(runtime.stage_ms["onnx"])
+    rows = ["| intra_op_threads | onnx p50 (ms) | p99 (ms) |", "|---|---|---|"]
+    for n, values in times.items():
+        p50, p99, _ = percentiles(values)
+        rows.append(f"| {n} | {p50:.3f} | {p99:.3f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "models" / "default")
@@ -210,7 +233,8 @@ def main() -> None:
     parser.add_argument(
         "--cues", default="", help="cue variants to compare, e.g. 320x240:0,320x240:0.8,240x180"
     )
-    parser.add_argument("--no-step", action="store_true", help="only the cue variants")
+    parser.add_argument("--threads", default="", help="intra_op_threads to compare, e.g. 0,1,2")
+    parser.add_argument("--no-step", action="store_true", help="skip the stage table")
     parser.add_argument("--json", type=Path, help="also write the per-frame times here")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
@@ -223,6 +247,8 @@ def main() -> None:
             args.json.write_text(json.dumps(times))
     if args.cues:
         print("\n" + cue_variants(args, run))
+    if args.threads:
+        print("\n" + thread_counts(args, run))
 
 
 if __name__ == "__main__":
