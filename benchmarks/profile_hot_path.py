@@ -80,7 +80,9 @@ def percentiles(values) -> tuple[float, float, float]:
 
 
 def profile(args: argparse.Namespace, run: dict) -> dict[str, list[float]]:
-    runtime = StudentRuntime(args.model, providers=["CPUExecutionProvider"])
+    runtime = StudentRuntime(
+        args.model, providers=["CPUExecutionProvider"], intra_op_threads=args.intra_op_threads
+    )
     h, w = run["images"].shape[1:3]
     runtime.set_camera(run["intrinsics"], w, h)
     localizer = Localizer(runtime, LocalizerConfig(base_to_camera=run["base_to_camera"]))
@@ -233,13 +235,24 @@ def main() -> None:
     parser.add_argument(
         "--cues", default="", help="cue variants to compare, e.g. 320x240:0,320x240:0.8,240x180"
     )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: this thread's CPU time (time.thread_time), which waiting for a core "
+        "does not inflate: compares code on a loaded machine (onnxruntime's own threads, "
+        "with intra_op_threads other than 1, are not counted)",
+    )
+    parser.add_argument("--intra-op-threads", type=int, default=1)
     parser.add_argument("--threads", default="", help="intra_op_threads to compare, e.g. 0,1,2")
     parser.add_argument("--no-step", action="store_true", help="skip the stage table")
     parser.add_argument("--json", type=Path, help="also write the per-frame times here")
     args = parser.parse_args()
+    if args.clock == "cpu":  # every stage timer here and in the runtime reads it
+        time.perf_counter = time.thread_time
     width, height = (int(v) for v in args.size.split("x"))
     run = load_run(args.run, args.frames, width, height)
-    print(f"{args.run.name}, {args.frames} frames at {width}x{height}\n")
+    print(f"{args.run.name}, {args.frames} frames at {width}x{height}, {args.clock} clock\n")
     if not args.no_step:
         times = profile(args, run)
         print(table(times))

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-CUES_VERSION = "lk-heading/1"
+CUES_VERSION = "lk-heading/2"
+# The cue versions of the models these cues serve (model.json ``cues.version``): /2
+# follows the corners from frame to frame (CueTracker), /1 detected them afresh on every
+# frame; layout and meaning are the same, and models trained on /1 (the shipped one)
+# keep their held-out accuracy on /2 (docs/benchmarks.md, "Latency").
+COMPATIBLE_VERSIONS = ("lk-heading/1", CUES_VERSION)
 CUE_DIM = 15
 # Layout of the cue vector (documented in docs/model-format.md):
 CUE_VALID = 0  # 1 when enough corners tracked (the valid flag)
