@@ -14,12 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-CUES_VERSION = "lk-heading/2"
-# The cue versions of the models these cues serve (model.json ``cues.version``): /2
-# follows the corners from frame to frame (CueTracker), /1 detected them afresh on every
-# frame; layout and meaning are the same, and models trained on /1 (the shipped one)
-# keep their held-out accuracy on /2 (docs/benchmarks.md, "Latency").
-COMPATIBLE_VERSIONS = ("lk-heading/1", CUES_VERSION)
+CUES_VERSION = "lk-heading/1"
 CUE_DIM = 15
 # Layout of the cue vector (documented in docs/model-format.md):
 CUE_VALID = 0  # 1 when enough corners tracked (the valid flag)
@@ -51,10 +46,13 @@ class CueConfig:
     max_corners: int = 300
     quality: float = 0.01
     min_distance: int = 7
-    # :class:`CueTracker` follows the corners from frame to frame and detects them
-    # afresh only when fewer than this share of those last detected survive (0: on
-    # every frame, as :func:`two_view_cues` does).
-    redetect_below: float = 0.8
+    # :class:`CueTracker` can follow the corners from frame to frame and detect them
+    # afresh only when fewer than this share of those last detected survive. 0 (detect
+    # on every frame, as :func:`two_view_cues`) is lk-heading/1, which the shipped model
+    # was trained on; 0.8 makes the cues a fifth cheaper, but that model then corrected the
+    # odometry less on one held-out run in four (docs/benchmarks.md, "Latency"): a model
+    # would have to be trained on followed corners (a new cue version) to use it.
+    redetect_below: float = 0.0
     window: int = 21  # Lucas-Kanade window (pixels)
     levels: int = 3  # Lucas-Kanade pyramid levels above the image
 
@@ -224,9 +222,10 @@ def two_view_cues(
 class CueTracker:
     """The cues of a stream of grey frames (at the cue size), one :meth:`update` per
     frame: the training data (:func:`sequence_cues`) and the runtime both use it, so the
-    network sees one definition. The corners found in one frame are followed into the
-    next; they are detected afresh only when fewer than ``config.redetect_below`` of those
-    last detected survive (with 0, on every frame: :func:`two_view_cues`)."""
+    network sees one definition. By default (``config.redetect_below`` 0) the corners
+    are detected afresh on every frame, exactly as :func:`two_view_cues` does; otherwise
+    those found in one frame are followed into the next, and detected afresh only when
+    fewer than that share of those last detected survive."""
 
     def __init__(self, intrinsics: np.ndarray, config: CueConfig = CueConfig()) -> None:
         self.intrinsics = np.asarray(intrinsics, dtype=np.float64)

@@ -96,11 +96,10 @@ def check_step_graph(spec: ModelSpec, session: Any, step_path: Path) -> None:
         meta, step_path.name, inputs, outputs, want_in, want_out, "'state' / 'inputs_optional'"
     )
     _check_state_types(meta, step_path.name, inputs, spec.state)
-    if "cues" in spec.inputs_optional and spec.cues.get("version") not in cues.COMPATIBLE_VERSIONS:
+    if "cues" in spec.inputs_optional and spec.cues.get("version") != cues.CUES_VERSION:
         raise ModelError(
             f"{meta}: field 'cues.version' is '{spec.cues.get('version')}', "
-            f"this runtime computes '{cues.CUES_VERSION}' (for models of "
-            f"{', '.join(cues.COMPATIBLE_VERSIONS)})"
+            f"this runtime computes '{cues.CUES_VERSION}'"
         )
 
 

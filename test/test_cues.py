@@ -26,9 +26,9 @@ def _panning(n: int = 40) -> np.ndarray:
     return np.stack(frames)
 
 
-def test_without_following_the_tracker_is_the_two_view_cues():
+def test_by_default_the_tracker_is_the_two_view_cues():
     frames = _panning()
-    config = cues.CueConfig(redetect_below=0.0)
+    config = cues.CueConfig()
     tracker = cues.CueTracker(K, config)
     prev = None
     for rgb in frames:
@@ -42,7 +42,7 @@ def test_without_following_the_tracker_is_the_two_view_cues():
 
 def test_followed_corners_are_detected_rarely_and_give_the_same_motion():
     frames = _panning()
-    tracker = cues.CueTracker(K)
+    tracker = cues.CueTracker(K, cues.CueConfig(redetect_below=0.8))
     followed = np.stack([tracker.update(cues.to_gray(rgb, tracker.config)) for rgb in frames])
     fresh = cues.sequence_cues(frames, K, cues.CueConfig(redetect_below=0.0))
     assert tracker.detections < (len(frames) - 1) / 2

@@ -30,9 +30,8 @@ from latent_memory_training.data.sequence import Sequence
 # Half-width (frames) of the centred average that turns the per-frame rotation
 # difference between odometry and ground truth into the drift the bias state should track.
 BIAS_SMOOTHING = 45
-# Part of the cache file's name: bump it when what prepare() stores changes (v3: cues
-# lk-heading/2, corners followed from frame to frame).
-PREP_VERSION = "v3"
+# Part of the cache file's name: bump it when what prepare() stores changes.
+PREP_VERSION = "v2"
 
 
 @dataclass
