@@ -10,10 +10,14 @@ right after every frame, so that the ratio runtime step / model alone is measure
 the same load. Nice it, and read the ratios: this machine's two cores are shared.
 
     nice -n 5 .venv/bin/python benchmarks/profile_hot_path.py --frames 600
-    nice -n 5 .venv/bin/python benchmarks/profile_hot_path.py --no-step --cues 320x240:0,320x240:0.8,240x180:0.8
+    nice -n 5 .venv/bin/python benchmarks/profile_hot_path.py --no-step --clock cpu \
+        --cues 320x240:0,320x240:0.8,240x180:0.8 --threads 0,1,2
 
-``--cues`` also times the cues alone in each configuration on the same frames and scores
-their rotation against the ground truth (median / p90 error per frame, mrad).
+``--cues`` times the cues alone in each configuration (``CueConfig``: size,
+``redetect_below``, ``window``, ``levels``) frame by frame in turn, and scores their
+rotation against the ground truth (median / p90 error per frame, mrad); ``--threads``
+times the step graph per ``intra_op_threads``; ``--clock cpu`` reads this thread's CPU
+time instead of the wall clock, for comparing code while other jobs load the machine.
 """
 
 from __future__ import annotations

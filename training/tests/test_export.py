@@ -75,7 +75,7 @@ def _stepped(rt: StudentRuntime, frames):
     needs for the same frame (the runtime's pre-processing and cues): (rgb, result, obs)."""
     cfg = cue_defs.CueConfig()
     k = cue_defs.scale_intrinsics(np.array(rt.spec.intrinsics), cfg.width / rt.spec.image_width)
-    tracker = cue_defs.CueTracker(k, cfg)
+    prev = None
     for rgb, odom in frames:
         res = rt.step(rgb, odom_motion=odom, dt=1 / 30)
         gray = cue_defs.to_gray(rgb, cfg)
@@ -85,9 +85,10 @@ def _stepped(rt: StudentRuntime, frames):
                 [[*(odom if odom is not None else [0, 0, 0, 0, 0, 0, 1]), float(odom is not None)]]
             ).float(),
             "dt": torch.tensor([[1 / 30]]),
-            "cues": torch.from_numpy(tracker.update(gray))[None],
+            "cues": torch.from_numpy(cue_defs.two_view_cues(prev, gray, k, cfg))[None],
             "camera": reference_camera(),
         }
+        prev = gray
         yield rgb, res, obs
 
 
