@@ -67,8 +67,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     ParameterSpec(
         "intra_op_threads",
-        0,
-        "CPU threads of one inference (0: onnxruntime's default, one per core).",
+        1,
+        "CPU threads of one inference (0: onnxruntime's default, one per core). One is "
+        "fastest for the shipped model on 2 shared cores (docs/benchmarks.md, 'Latency').",
         int_range=(0, 256),
     ),
     # Inputs.

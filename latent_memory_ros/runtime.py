@@ -109,7 +109,7 @@ class StudentRuntime:
         model_dir: Path | str,
         providers: tuple[str, ...] | list[str] | None = DEFAULT_PROVIDERS,
         warmup: int = 3,
-        intra_op_threads: int = 0,
+        intra_op_threads: int = 1,
     ) -> None:
         import onnxruntime as ort
 
@@ -163,6 +163,8 @@ class StudentRuntime:
         self._cue_intrinsics = cues.scale_intrinsics(
             self.spec.intrinsics, self._cue_config.width / self.spec.image_width
         )
+        self._cue_tracker = cues.CueTracker(self._cue_intrinsics, self._cue_config)
+        self._output_names = [o.name for o in self._session.get_outputs()]
         self.set_camera(self.spec.intrinsics, self.spec.image_width, self.spec.image_height)
         self.reset()
         blank = np.zeros((self.spec.image_height, self.spec.image_width, 3), np.uint8)
@@ -175,8 +177,12 @@ class StudentRuntime:
     def reset(self) -> None:
         """Forget everything: memory, pose and the previous frame."""
         self._state = {k: v.copy() for k, v in self._init_state.items()}
-        self._prev_gray: np.ndarray | None = None
+        self._cue_tracker.reset()
         self.frames = 0
+        # What the last step spent where (ms): preprocess (the network input), grey (the
+        # cue-size grey image), cues, health (``trust_cues``), onnx (the step graph) and
+        # state (feed, carried state, outputs). benchmarks/profile_hot_path.py reads it.
+        self.stage_ms: dict[str, float] = {}
 
     def forget_memory(self) -> None:
         """Reset only the memory cell's state entries (``model.json`` role ``memory``) to
@@ -209,7 +215,7 @@ class StudentRuntime:
             raise ValueError(f"camera size {width}x{height} too small")
         self._camera_feed = cues.normalised_intrinsics(k, width, height).astype(np.float32)[None]
         # Every frame is resized to the cue resolution, so its size does not matter here.
-        self._camera_cue_intrinsics = cues.cue_intrinsics(k, width, height, self._cue_config)
+        self._cue_tracker.intrinsics = cues.cue_intrinsics(k, width, height, self._cue_config)
 
     @property
     def input_camera(self) -> tuple[int, int, tuple[float, float, float, float]]:
@@ -229,7 +235,7 @@ class StudentRuntime:
                 raise ModelError(f"state '{name}': {have}, the model carries {init.shape}")
             restored[name] = np.asarray(value, dtype=init.dtype).copy()
         self._state = restored
-        self._prev_gray = None
+        self._cue_tracker.reset()
         self.frames = frames
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
@@ -289,19 +295,21 @@ class StudentRuntime:
         ``trust_cues(gray, cue_vector)``, when given, is asked before the network runs;
         False feeds the network "no cues" (valid 0), so that its drift filter does not
         learn from a camera that cannot be trusted."""
-        start = time.perf_counter()
+        clock = time.perf_counter
+        start = clock()
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
         feed = {"image": self.preprocess(rgb)}
+        t_pre = t_gray = t_cues = t_health = clock()
         names = self.spec.inputs_optional
         if "cues" in names:
             gray = cues.to_gray(rgb, self._cue_config)
-            feed["cues"] = cues.two_view_cues(
-                self._prev_gray, gray, self._camera_cue_intrinsics, self._cue_config
-            )[None]
-            self._prev_gray = gray
+            t_gray = clock()
+            feed["cues"] = self._cue_tracker.update(gray)[None]
+            t_cues = clock()
             if trust_cues is not None and not trust_cues(gray, feed["cues"][0]):
                 feed["cues"] = np.zeros_like(feed["cues"])
+            t_health = clock()
         if "odom" in names:
             if odom_motion is None:
                 feed["odom"] = _ODOM_INVALID
@@ -313,17 +321,25 @@ class StudentRuntime:
             feed["dt"] = np.array([[dt if dt is not None else 0.0]], dtype=np.float32)
         for name, value in self._state.items():
             feed[f"state.{name}"] = value
-        outputs = self._session.run(None, feed)
-        result = dict(zip((o.name for o in self._session.get_outputs()), outputs, strict=True))
+        t_feed = clock()
+        result = dict(zip(self._output_names, self._session.run(None, feed), strict=True))
+        t_model = clock()
         for name in self._state:
             self._state[name] = result[f"state_out.{name}"]
         self.frames += 1
         pose = result["pose"][0].astype(np.float64)
         pose[3:] /= np.linalg.norm(pose[3:])
+        end = clock()
+        self.stage_ms = {
+            "preprocess": (t_pre - start) * 1e3,
+            "grey": (t_gray - t_pre) * 1e3,
+            "cues": (t_cues - t_gray) * 1e3,
+            "health": (t_health - t_cues) * 1e3,
+            "onnx": (t_model - t_feed) * 1e3,
+            "state": ((t_feed - t_health) + (end - t_model)) * 1e3,
+        }
         return StepResult(
-            pose=pose,
-            log_var=result["log_var"][0].astype(np.float64),
-            step_ms=(time.perf_counter() - start) * 1e3,
+            pose=pose, log_var=result["log_var"][0].astype(np.float64), step_ms=(end - start) * 1e3
         )
 
     def run(
