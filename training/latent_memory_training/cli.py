@@ -491,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, nargs="+", required=True, help="training runs (any format)"
     )
     place.add_argument("--val", type=Path, required=True, help="validation runs: calibration")
+    place.add_argument(
+        "--revisit-val",
+        type=Path,
+        help="long validation runs with revisits: choose how revisits pull the pose",
+    )
     place.add_argument("--out", type=Path, required=True, help="the new checkpoint (.pt)")
     place.add_argument("--slots", type=int, default=128, help="place slots in the memory")
     place.add_argument("--dim", type=int, default=32, help="size of a view's descriptor")

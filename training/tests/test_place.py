@@ -4,17 +4,23 @@ export (step.onnx carries its slots, query.onnx answers with ``seen``)."""
 import copy
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from parity import camera_frames, perturbed_model, stepped
 
 from latent_memory_ros import geometry
+from latent_memory_ros.cues import CUE_DIM
 from latent_memory_ros.messages import UNSEEN_VARIANCE, query_answer
+from latent_memory_ros.model_format import ODOM_NONE
 from latent_memory_ros.runtime import StudentRuntime
+from latent_memory_training.data.prepare import PreparedSequence
 from latent_memory_training.export.onnx_export import export_model, reference_camera
 from latent_memory_training.models.place import FREE, PlaceMemory, place_contrastive_loss
 from latent_memory_training.models.so3 import relative
+from latent_memory_training.training.place import replay_revisits
+from latent_memory_training.training.rollout import rollout_runs
 
 SLOTS, DIM = 4, 8
 
@@ -167,3 +173,32 @@ def test_an_answer_about_an_unseen_place_carries_no_information():
     unsure = query_answer(Header(), QueryResult(pose, np.full(6, -4.0), 1.0, seen=0.2))
     assert np.isclose(sure.pose.covariance[0], np.exp(-4.0))
     assert unsure.pose.covariance[0] == unsure.pose.covariance[35] == UNSEEN_VARIANCE
+
+
+def test_replaying_revisits_over_a_plain_rollout_is_a_rollout_with_them(place_export):
+    """choose_revisits scores its grid by re-integrating the motions of one rollout
+    without revisits: that must be what a rollout with them gives."""
+    model, _ = place_export
+    there = [
+        cv2.resize(rgb, (128, 96), interpolation=cv2.INTER_AREA) for rgb, _ in camera_frames(12)
+    ]
+    images = np.stack(there + there[-2::-1])
+    n = len(images)
+    seq = PreparedSequence(
+        name="out_and_back",
+        images=images,
+        cues=np.zeros((n, CUE_DIM), np.float32),
+        odom=np.tile(np.asarray(ODOM_NONE, np.float32), (n, 1)),
+        gt=np.tile(geometry.IDENTITY, (n, 1)),
+        bias=np.zeros((n, 3), np.float32),
+        stamps=np.arange(n) / 30.0,
+        camera=reference_camera()[0].numpy(),
+    )
+    with_revisits = rollout_runs(model, [seq], use_odom=False)[0]
+    gain = model.place.loop_gain.clone()
+    model.place.loop_gain.zero_()
+    plain = rollout_runs(model, [seq], use_odom=False)[0]
+    model.place.loop_gain.copy_(gain)
+    assert np.abs(with_revisits - plain).max() > 1e-3  # the revisits did something
+    replayed = replay_revisits(model, seq, plain, use_odom=False)
+    assert np.abs(replayed - with_revisits).max() < 1e-4

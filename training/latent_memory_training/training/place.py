@@ -25,14 +25,21 @@ from torch import nn
 
 from latent_memory_ros import cues, geometry
 from latent_memory_ros.datasets import read_sequence
-from latent_memory_ros.evaluation import query_errors, query_indices, seen_reliability
-from latent_memory_training.data.prepare import find_sources
+from latent_memory_ros.evaluation import (
+    query_errors,
+    query_indices,
+    seen_reliability,
+    trajectory_metrics,
+)
+from latent_memory_training.data.prepare import PreparedSequence, find_sources, load_prepared
 from latent_memory_training.data.streams import normalise
+from latent_memory_training.models import so3
 from latent_memory_training.models.config import ModelConfig
 from latent_memory_training.models.place import place_contrastive_loss
 from latent_memory_training.models.student import LocalisationModel
 from latent_memory_training.training.checkpoint import Checkpoint, save_checkpoint
 from latent_memory_training.training.config import TrainConfig
+from latent_memory_training.training.rollout import rollout_runs
 
 SAME_PLACE = (0.5, 10.0)  # m, degrees: the query recall's threshold (evaluation.py)
 OTHER_PLACE = (1.0, 25.0)
@@ -41,6 +48,9 @@ ENCODE_CHUNK = 256
 # (600 frames) may fill, so that runs three times as long still fit.
 WRITE_THRESHOLDS = (0.7, 0.8, 0.85, 0.9, 0.95)
 MAX_SLOT_SHARE = 0.4
+# Revisits, chosen per mode on long validation runs: (loop_above, loop_gain) pairs tried.
+REVISIT_GRID = tuple((above, gain) for above in (0.9, 0.95) for gain in (0.05, 0.1, 0.3))
+REVISIT_MIN_AGE = 150
 
 
 @torch.no_grad()
@@ -250,6 +260,87 @@ def calibrate(
     }
 
 
+@torch.no_grad()
+def replay_revisits(
+    model: LocalisationModel, seq: PreparedSequence, poses: np.ndarray, use_odom: bool
+) -> np.ndarray:
+    """A run's poses with the place memory's revisits as its buffers say, from the poses
+    ``poses`` the model gave without them: the per-frame motion does not depend on the
+    pose (the cell never sees it), so re-integrating it with the revisits' pulls is
+    exactly what a rollout with them gives, at the cost of the place memory alone."""
+    place = model.place
+    images = torch.from_numpy(seq.images)
+    camera = torch.from_numpy(seq.camera.astype(np.float32))[None]
+    descriptors = torch.cat(
+        [
+            place.describe(model.encoder(normalise(images[i : i + ENCODE_CHUNK][None])[0], camera))
+            for i in range(0, len(images), ENCODE_CHUNK)
+        ]
+    )
+    motion = torch.from_numpy(geometry.relative(poses[:-1], poses[1:]).astype(np.float32))
+    valid = torch.full((1, 1), float(use_odom))
+    state = place.initial_state(1)
+    pose = torch.from_numpy(poses[:1].astype(np.float32))
+    out = []
+    for t in range(len(poses)):
+        if t:
+            pose = so3.compose(pose, motion[t - 1 : t])
+        pose = place.revisit(state, descriptors[t : t + 1], pose, valid)
+        state = place.write(state, descriptors[t : t + 1], pose)
+        out.append(pose[0].double().numpy())
+    return np.stack(out)
+
+
+def _ates(seqs: list[PreparedSequence], estimates: list[np.ndarray]) -> list[float]:
+    """ATE of each run's estimate (its first frames, as many as it has)."""
+    return [
+        trajectory_metrics(s.stamps[: len(e)], e, s.stamps[: len(e)], s.gt[: len(e)])["ate_rmse_m"]
+        for s, e in zip(seqs, estimates, strict=True)
+    ]
+
+
+def choose_revisits(model: LocalisationModel, seqs: list[PreparedSequence]) -> dict:
+    """Per mode, the revisit threshold and gain of :data:`REVISIT_GRID` with the lowest
+    mean ATE on ``seqs`` (long validation runs with revisits), or none (gain 0) when
+    none beats the model without them. Sets the buffers; returns the trials."""
+    place = model.place
+    place.loop_min_age.fill_(REVISIT_MIN_AGE)
+    chosen, trials = [], []
+    for mode, use_odom in enumerate((True, False)):
+        place.loop_gain.zero_()
+        plain = rollout_runs(model, seqs, use_odom)
+        best = (float(np.mean(_ates(seqs, list(plain)))), 0.95, 0.0)
+        trials.append({"odometry": use_odom, "loop_gain": 0.0, "ate_m": best[0]})
+        for above, gain in REVISIT_GRID:
+            place.loop_above[mode] = above
+            place.loop_gain[mode] = gain
+            ates = _ates(
+                seqs,
+                [replay_revisits(model, s, p, use_odom) for s, p in zip(seqs, plain, strict=True)],
+            )
+            trials.append(
+                {
+                    "odometry": use_odom,
+                    "loop_above": above,
+                    "loop_gain": gain,
+                    "ate_m": float(np.mean(ates)),
+                    "per_run_ate_m": ates,
+                }
+            )
+            if np.mean(ates) < best[0]:
+                best = (float(np.mean(ates)), above, gain)
+        chosen.append(best)
+        place.loop_gain.zero_()
+    place.loop_above.copy_(torch.tensor([c[1] for c in chosen]))
+    place.loop_gain.copy_(torch.tensor([c[2] for c in chosen]))
+    return {
+        "loop_min_age": REVISIT_MIN_AGE,
+        "loop_above": place.loop_above.tolist(),
+        "loop_gain": place.loop_gain.tolist(),
+        "trials": trials,
+    }
+
+
 def run(args) -> int:
     """``latent_memory_train place``: add a trained, calibrated place memory to a
     checkpoint (everything else kept) and write the result as a new checkpoint."""
@@ -268,6 +359,11 @@ def run(args) -> int:
     val = [views_of(model, s.path) for s in find_sources([args.val])]
     history = train_descriptors(model, train, args.steps, seed=args.seed)
     measured = calibrate(model, val)
+    if args.revisit_val is not None:
+        long_runs = load_prepared(
+            find_sources([args.revisit_val]), model.config.image_width, model.config.image_height
+        )
+        measured["revisits"] = choose_revisits(model, long_runs)
     model.requires_grad_(True)
     ckpt = Checkpoint(config, TrainConfig(**data["train_config"]), step=data["step"])
     ckpt.history = [*data["history"], {"place": {"history": history, **measured}}]
