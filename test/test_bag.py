@@ -95,28 +95,23 @@ def test_wrong_message_type_is_named(tmp_path: Path) -> None:
         read_run(tmp_path / "bag", "/camera/camera_info")
 
 
+def write_frame(path: Path, msg: object, msgtype: str = "sensor_msgs/msg/Image") -> bytes:
+    """A bag with one message on /image; returns its CDR bytes."""
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection("/image", msgtype, typestore=TYPESTORE)
+        cdr = TYPESTORE.serialize_cdr(msg, msgtype)
+        writer.write(conn, T0_NS, cdr)
+    return bytes(cdr)
+
+
 def test_padded_bgr_rows_decode_to_rgb(tmp_path: Path) -> None:
-    width, height, step = 5, 4, 20  # 15 bytes of pixels, 5 of padding per row
-    rgb = frame_pixels(7, width, height)
-    rows = np.zeros((height, step), np.uint8)
-    rows[:, : width * 3] = rgb[..., ::-1].reshape(height, -1)
-    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        conn = writer.add_connection("/image", "sensor_msgs/msg/Image", typestore=TYPESTORE)
-        msg = T.Image(
-            header=bag_header(T0_NS, "cam"),
-            height=height,
-            width=width,
-            encoding="bgr8",
-            is_bigendian=0,
-            step=step,
-            data=rows.ravel(),
-        )
-        writer.write(conn, T0_NS, TYPESTORE.serialize_cdr(msg, conn.msgtype))
+    msg = raw_frame("bgr8", padding=5)  # a step of 20 for 15 bytes of pixels
+    write_frame(tmp_path / "bag", msg)
 
     run = read_run(tmp_path / "bag", "/image")
     assert run.base_to_camera is None and run.intrinsics is None
     ((_, decoded),) = run.images()
-    np.testing.assert_array_equal(decoded, rgb)
+    np.testing.assert_array_equal(decoded, frame_pixels(7, 5, 4) * 9)
 
 
 def raw_frame(encoding: str, padding: int = 0):
@@ -171,15 +166,10 @@ def test_bag_frames_decode_as_the_node_decodes_them(
 ) -> None:
     # The node's subscription gets the same CDR bytes the bag stores, deserialised by
     # rclpy; LocalisationPipeline.decode hands them to images.decode_frame.
-    msg = make()
-    msgtype = f"sensor_msgs/msg/{node_type.__name__}"
-    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        conn = writer.add_connection("/image", msgtype, typestore=TYPESTORE)
-        cdr = TYPESTORE.serialize_cdr(msg, msgtype)
-        writer.write(conn, T0_NS, cdr)
+    cdr = write_frame(tmp_path / "bag", make(), f"sensor_msgs/msg/{node_type.__name__}")
 
     ((_, offline),) = read_run(tmp_path / "bag", "/image").images()
-    node = decode_frame(deserialize_message(bytes(cdr), node_type))
+    node = decode_frame(deserialize_message(cdr, node_type))
 
     size = (4, 5) if node_type is Image else (24, 32)
     assert offline.dtype == node.dtype == np.uint8
