@@ -598,7 +598,14 @@ def _write_results(
 BAG_IMAGE_TOPIC = "/camera/image_raw"
 BAG_GT_TOPIC = "/ground_truth/pose"
 # Reader flags that --bag does not take (it reads topics, and the mount from /tf_static).
-_DATA_ONLY = ("gt_frames", "gt_frame", "odom_frames", "camera_info_topic", "distortion")
+_DATA_ONLY = (
+    "gt_frames",
+    "gt_frame",
+    "odom_frames",
+    "camera_info_topic",
+    "distortion",
+    "kitti_camera",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

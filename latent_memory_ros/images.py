@@ -149,14 +149,14 @@ def image_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     ``msg.data`` (packed rgb8 is returned as it is).
     """
     encoding = validate_image_msg(msg, max_pixels)
-    pixels = _pixels(msg, encoding)
     try:
+        pixels = _pixels(msg, encoding)
         if msg.encoding == "rgb8":
             return np.ascontiguousarray(pixels)
         if msg.encoding == "mono16":
             pixels = _mono16_to_mono8(pixels)
         return cv2.cvtColor(pixels, _TO_RGB[msg.encoding])
-    except cv2.error as err:  # a validated frame OpenCV still chokes on is bad input too
+    except Exception as err:  # a validated frame that still cannot be read is bad input too
         raise FrameError(f"cannot convert {msg.encoding} image: {err}") from err
 
 
