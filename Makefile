@@ -30,7 +30,7 @@ $(VENV)/.train: $(VENV)/.render requirements-dev.txt
 	touch $@
 
 demo: $(VENV)/.render
-	$(PY) -m latent_memory_ros.demo
+	$(PY) tools/demo.py
 
 test: $(VENV)/.train
 	$(PY) -m pytest -q

@@ -42,7 +42,6 @@ setup(
             "latent_memory_node = latent_memory_ros.node:main",
             "latent_memory_lifecycle_node = latent_memory_ros.node:lifecycle_main",
             "latent_memory_eval = latent_memory_ros.evaluation:main",
-            "latent_memory_demo = latent_memory_ros.demo:main",
             "latent_memory_replay = latent_memory_ros.replay:main",
         ],
     },

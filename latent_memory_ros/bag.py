@@ -32,9 +32,8 @@ from latent_memory_ros.conversions import pose_to_array, stamp_to_s, transform_t
 from latent_memory_ros.images import (
     FrameError,
     PinholeCamera,
-    compressed_msg_to_rgb,
     compressed_size,
-    image_msg_to_rgb,
+    decode_frame,
     validate_image_msg,
 )
 from latent_memory_ros.images import camera_info_topic as camera_info_topic_beside
@@ -106,7 +105,7 @@ class BagRun:
             for count, (conn, _, raw) in enumerate(messages, start=1):
                 msg = reader.deserialize(raw, conn.msgtype)
                 try:
-                    rgb = _to_rgb(msg, conn.msgtype)
+                    rgb = decode_frame(msg)
                 except FrameError as err:
                     raise BagReadError(
                         f"bag {self.path}, topic {self.image_topic}, message {count - 1}: {err}"
@@ -429,10 +428,3 @@ def _frame_size(msg: Any, msgtype: str, where: str) -> tuple[int, int]:
         return compressed_size(msg)
     except FrameError as err:
         raise BagReadError(f"{where}: {err}") from err
-
-
-def _to_rgb(msg: Any, msgtype: str) -> np.ndarray:
-    """The node's decoding of an Image or CompressedImage (latent_memory_ros.images)."""
-    if msgtype == "sensor_msgs/msg/Image":
-        return np.ascontiguousarray(image_msg_to_rgb(msg), dtype=np.uint8)
-    return compressed_msg_to_rgb(msg)

@@ -47,7 +47,7 @@ import numpy as np
 from latent_memory_ros import geometry
 from latent_memory_ros.bag import IMAGE_TYPES, POSE_TYPES, bag_topics, read_run, static_chain
 from latent_memory_ros.distortion import Undistorter, needs_undistortion
-from latent_memory_ros.images import FrameError, PinholeCamera, compressed_msg_to_rgb
+from latent_memory_ros.images import FrameError, PinholeCamera, decode_frame
 from latent_memory_ros.sequence import Sequence
 from latent_memory_ros.tracks import DatasetError, Track, check_increasing
 
@@ -247,7 +247,7 @@ def _decode_file(path: Path) -> np.ndarray:
     except OSError as err:
         raise DatasetError(f"cannot read image {path}: {err}") from err
     try:
-        return compressed_msg_to_rgb(SimpleNamespace(format="", data=data))
+        return decode_frame(SimpleNamespace(format="", data=data))
     except FrameError as err:
         raise DatasetError(f"image {path}: {err}") from err
 

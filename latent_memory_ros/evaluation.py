@@ -24,7 +24,8 @@ from evo.core.sync import SyncException, associate_trajectories
 from evo.core.trajectory import PoseTrajectory3D
 
 from latent_memory_ros import geometry
-from latent_memory_ros.bag import Track, read_run
+from latent_memory_ros.bag import BagRun, Track, read_run
+from latent_memory_ros.datasets import add_reader_arguments, reader_options
 from latent_memory_ros.model_format import default_model_dir
 from latent_memory_ros.tum import write_trajectory
 
@@ -327,6 +328,30 @@ def memory_gain(carried_ate: float, reset_ate: float) -> float:
     return float(1.0 - carried_ate / reset_ate)
 
 
+def memory_ablation(
+    run: BagRun, model_dir: Path, providers: list[str] | None = None, odometry: bool = True
+) -> dict[str, float]:
+    """The run's frames offline through the runtime (and the odometry, when the model
+    takes it and ``odometry``), with the memory carried and with it reset before every
+    frame: their ATE and the memory gain ``1 - carried / reset``."""
+    from latent_memory_ros.runtime import StudentRuntime
+
+    assert run.gt is not None
+    rt = StudentRuntime(model_dir, providers=providers)
+    odom = run.odom_at(run.image_stamps) if rt.spec.uses_odom and odometry else None
+    camera = None if run.intrinsics is None else run.intrinsics.array
+    ate = {}
+    for name, reset in (("carried", False), ("reset", True)):
+        poses = rt.run(run.images(), odom, run.base_to_camera, reset, camera).poses
+        metrics = trajectory_metrics(run.image_stamps, poses, run.gt.stamps, run.gt.poses)
+        ate[name] = metrics["ate_rmse_m"]
+    return {
+        "memory_carried_ate_rmse_m": ate["carried"],
+        "memory_reset_ate_rmse_m": ate["reset"],
+        "memory_gain": memory_gain(ate["carried"], ate["reset"]),
+    }
+
+
 def ratio_to_baseline(
     names: Sequence[str], model_ate: Sequence[float], baseline_ate: Sequence[float], baseline: str
 ) -> dict[str, Any]:
@@ -587,12 +612,30 @@ def _write_results(
     return metrics
 
 
+# --bag reads these topics unless told otherwise (the synthetic world's, world.md); --data
+# leaves them to the run's layout.
+BAG_IMAGE_TOPIC = "/camera/image_raw"
+BAG_GT_TOPIC = "/ground_truth/pose"
+# Reader flags that --bag does not take (it reads topics, and the mount from /tf_static).
+_DATA_ONLY = (
+    "gt_frames",
+    "gt_frame",
+    "odom_frames",
+    "camera_info_topic",
+    "distortion",
+    "kitti_camera",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latent_memory_eval",
         description="Run an exported model over every frame of a rosbag2 offline and score "
         "it with evo (ATE after SE(3)/Sim(3) alignment, RPE) against ground truth, odometry "
         "and a no-motion baseline.",
+        epilog=f"--bag reads --image-topic (default {BAG_IMAGE_TOPIC}), --gt-topic (default "
+        f"{BAG_GT_TOPIC}), --odom-topic and --base-to-camera; the other reading flags are "
+        "for --data.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--bag", type=Path, help="rosbag2 directory (mcap or sqlite3)")
@@ -601,40 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="a run of another format: TUM RGB-D, EuRoC or KITTI folder, cached render (.npz)",
     )
-    parser.add_argument(
-        "--format", choices=("tum", "euroc", "kitti", "npz"), help="--data: force the format"
-    )
-    parser.add_argument(
-        "--intrinsics",
-        type=float,
-        nargs=4,
-        metavar=("FX", "FY", "CX", "CY"),
-        help="--data: the camera, when the run does not carry it",
-    )
-    parser.add_argument(
-        "--max-gap",
-        type=float,
-        default=0.2,
-        help="--data: longest ground-truth gap (s) interpolated across; frames in longer "
-        "ones are dropped",
-    )
-    parser.add_argument(
-        "--image-topic", default="/camera/image_raw", help="sensor_msgs/Image topic"
-    )
-    parser.add_argument(
-        "--gt-topic",
-        default="/ground_truth/pose",
-        help="ground-truth camera pose topic (PoseStamped, Odometry or TransformStamped)",
-    )
-    parser.add_argument("--odom-topic", help="nav_msgs/Odometry topic: model input and baseline")
+    add_reader_arguments(parser)
     parser.add_argument("--model", type=Path, help="exported model directory (default: the node's)")
-    parser.add_argument(
-        "--base-to-camera",
-        type=float,
-        nargs=7,
-        metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
-        help="camera optical frame in the odometry child frame (default: from /tf_static)",
-    )
     parser.add_argument(
         "--no-odom-input",
         action="store_true",
@@ -650,10 +661,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``latent_memory_eval``; returns the exit code."""
     from latent_memory_ros.bag import BagTopicError
-    from latent_memory_ros.datasets import ReadOptions
     from latent_memory_ros.model_format import ModelError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    data_only = [f"--{name.replace('_', '-')}" for name in _DATA_ONLY if getattr(args, name)]
+    if args.bag is not None and data_only:
+        parser.error(f"{', '.join(data_only)}: for --data runs, not --bag")
     common = {
         "out_dir": args.out,
         "model_dir": args.model or default_model_dir(),
@@ -666,19 +680,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.bag is not None:
             metrics = evaluate_bag(
                 bag=args.bag,
-                image_topic=args.image_topic,
-                gt_topic=args.gt_topic,
+                image_topic=args.image_topic or BAG_IMAGE_TOPIC,
+                gt_topic=args.gt_topic or BAG_GT_TOPIC,
                 odom_topic=args.odom_topic,
                 base_to_camera=args.base_to_camera,
                 **common,
             )
         else:
-            options = ReadOptions(
-                intrinsics=tuple(args.intrinsics) if args.intrinsics else None,
-                base_to_camera=tuple(args.base_to_camera) if args.base_to_camera else None,
-                max_gap_s=args.max_gap,
-            )
-            metrics = evaluate_run(args.data, fmt=args.format, options=options, **common)
+            fmt, options = reader_options(args)
+            metrics = evaluate_run(args.data, fmt=fmt, options=options, **common)
     except (BagTopicError, ModelError, FileNotFoundError, ValueError) as err:
         print(f"latent_memory_eval: error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,18 @@
 
 Poses are ``xyz_qxyzw`` arrays of shape ``(..., 7)``: translation in metres, then a unit
 quaternion (x, y, z, w). ``T_a_b`` reads "pose of frame b expressed in frame a".
+
+What runs once per frame in the node (quaternion product, rotation of vectors, to a
+matrix, to and from a rotation vector; :func:`compose`, :func:`inverse`,
+:func:`relative`, :func:`interpolate` on them) is plain numpy; the rest
+(:func:`matrix_to_quat`, :func:`euler_to_quat`) is scipy.spatial.transform, imported
+when first used, so the node does not load scipy. Per call on one pose, side by side
+on this 2-core machine under load (docs/benchmarks.md, "Node restructuring (issue 13)"),
+scipy / numpy: quat_multiply 2.4-2.9, rotvec_to_quat 1.3-2.3, quat_to_rotvec 0.9-1.0,
+quat_to_matrix 0.4-0.5, quat_rotate 0.5-0.6. The last two are faster in scipy but stay
+numpy: scipy raises on a NaN or zero quaternion where numpy carries the NaN through, and
+the node, the evaluation and the TF chains rely on NaN poses passing (``Track``'s
+unknown stamps, an untrained model's output).
 """
 
 from __future__ import annotations
@@ -61,52 +73,16 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
 
 
 def matrix_to_quat(m: np.ndarray) -> np.ndarray:
-    """Rotation matrices (..., 3, 3) to quaternions (..., 4) with w >= 0."""
+    """Rotation matrices (..., 3, 3) to quaternions (..., 4) with w >= 0; a matrix with a
+    non-finite entry gives NaN."""
+    from scipy.spatial.transform import Rotation
+
     m = np.asarray(m, dtype=np.float64)
-    t = np.stack(
-        [
-            1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
-            1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
-            1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
-            1 + m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2],
-        ],
-        axis=-1,
-    )
-    # Shepperd's method: build the quaternion from its largest component for stability.
-    k = np.argmax(t, axis=-1)
-    q = np.empty(m.shape[:-2] + (4,))
-    s = np.sqrt(np.take_along_axis(t, k[..., None], -1)[..., 0]) * 2.0
-    r = {
-        0: lambda: (
-            s / 4,
-            (m[..., 0, 1] + m[..., 1, 0]) / s,
-            (m[..., 0, 2] + m[..., 2, 0]) / s,
-            (m[..., 2, 1] - m[..., 1, 2]) / s,
-        ),
-        1: lambda: (
-            (m[..., 0, 1] + m[..., 1, 0]) / s,
-            s / 4,
-            (m[..., 1, 2] + m[..., 2, 1]) / s,
-            (m[..., 0, 2] - m[..., 2, 0]) / s,
-        ),
-        2: lambda: (
-            (m[..., 0, 2] + m[..., 2, 0]) / s,
-            (m[..., 1, 2] + m[..., 2, 1]) / s,
-            s / 4,
-            (m[..., 1, 0] - m[..., 0, 1]) / s,
-        ),
-        3: lambda: (
-            (m[..., 2, 1] - m[..., 1, 2]) / s,
-            (m[..., 0, 2] - m[..., 2, 0]) / s,
-            (m[..., 1, 0] - m[..., 0, 1]) / s,
-            s / 4,
-        ),
-    }
-    for case, build in r.items():
-        sel = k == case
-        if np.any(sel):
-            q[sel] = np.stack(build(), axis=-1)[sel]
-    return q * np.where(q[..., 3:] < 0, -1.0, 1.0)
+    q = np.full(m.shape[:-2] + (4,), np.nan)
+    finite = np.all(np.isfinite(m), axis=(-2, -1))
+    if np.any(finite):
+        q[finite] = Rotation.from_matrix(m[finite]).as_quat(canonical=True)
+    return q
 
 
 def rotvec_to_quat(v: np.ndarray) -> np.ndarray:
@@ -128,18 +104,13 @@ def quat_to_rotvec(q: np.ndarray) -> np.ndarray:
 
 
 def euler_to_quat(roll: float, pitch: float, yaw: float) -> np.ndarray:
-    """Intrinsic z-y-x (yaw, then pitch, then roll) angles to a quaternion."""
-    cr, sr = np.cos(roll / 2), np.sin(roll / 2)
-    cp, sp = np.cos(pitch / 2), np.sin(pitch / 2)
-    cy, sy = np.cos(yaw / 2), np.sin(yaw / 2)
-    return np.array(
-        [
-            sr * cp * cy - cr * sp * sy,
-            cr * sp * cy + sr * cp * sy,
-            cr * cp * sy - sr * sp * cy,
-            cr * cp * cy + sr * sp * sy,
-        ]
-    )
+    """Intrinsic z-y-x (yaw, then pitch, then roll) angles to a quaternion; for arrays of
+    angles, the components come first: ``(4, ...)``."""
+    from scipy.spatial.transform import Rotation
+
+    angles = np.stack(np.broadcast_arrays(yaw, pitch, roll), axis=-1).astype(np.float64)
+    q = Rotation.from_euler("ZYX", angles.reshape(-1, 3)).as_quat()
+    return np.moveaxis(q.reshape(angles.shape[:-1] + (4,)), -1, 0)
 
 
 def compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -182,6 +182,78 @@ class OdometryBuffer:
         return nearest[1]
 
 
+class TrackingMonitor:
+    """The tracking state from frame to frame, by the rules of :meth:`update`. It reads
+    its thresholds from the localizer's config at every frame, so they are settable at
+    run time."""
+
+    def __init__(self, config: LocalizerConfig, model_thresholds: dict) -> None:
+        self.config = config
+        self._model = model_thresholds  # model.json ``tracking``
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = TrackingState.OK
+        self._recent: deque[TrackingState] = deque(maxlen=1000)  # raw per-frame states
+        self._lost_since_ns: int | None = None
+
+    @property
+    def thresholds(self) -> tuple[float, float]:
+        """(uncertain, lost) sigma in use: the configured ones, else the model's."""
+        return (
+            self.config.uncertain_sigma_m or self._model["uncertain_sigma_m"],
+            self.config.lost_sigma_m or self._model["lost_sigma_m"],
+        )
+
+    def update(
+        self,
+        sigma: float,
+        stamp_ns: int,
+        fault: VisionFault | None,
+        odometry_used: bool,
+        odometry_expected: bool,
+    ) -> None:
+        """The state of this frame, entered at once when it is better than the current
+        one and after ``tracking_frames`` frames in a row when worse: its sigma's, but
+        at least UNCERTAIN when a model that takes odometry ran without it
+        (``odometry_expected``: images only, such a model is several times less accurate
+        than with odometry, which its sigma does not fully show: docs/benchmarks.md) and
+        when the camera cannot be trusted, then LOST without odometry."""
+        uncertain, lost = self.thresholds
+        if sigma >= lost:
+            raw = TrackingState.LOST
+        elif sigma >= uncertain:
+            raw = TrackingState.UNCERTAIN
+        else:
+            raw = TrackingState.OK
+        floor = TrackingState.OK
+        if fault is not None:
+            floor = TrackingState.UNCERTAIN if odometry_used else TrackingState.LOST
+        elif not odometry_used and odometry_expected:
+            floor = TrackingState.UNCERTAIN
+        raw = max(raw, floor, key=lambda s: s.value)
+        self._recent.append(raw)
+        recent = list(self._recent)[-self.config.tracking_frames :]
+        if raw.value <= self.state.value:
+            self.state = raw
+        elif len(recent) >= self.config.tracking_frames:
+            persistent = min(recent, key=lambda s: s.value)  # the best of the last N
+            self.state = max(self.state, persistent, key=lambda s: s.value)
+        if self.state is TrackingState.LOST:
+            if self._lost_since_ns is None:
+                self._lost_since_ns = stamp_ns
+        else:
+            self._lost_since_ns = None
+
+    def lost_too_long(self, stamp_ns: int) -> float | None:
+        """Seconds LOST when that is at least ``lost_reset_s`` (the memory should
+        restart), else None."""
+        if self._lost_since_ns is None or self.config.lost_reset_s <= 0:
+            return None
+        lost_for = (stamp_ns - self._lost_since_ns) * 1e-9
+        return lost_for if lost_for >= self.config.lost_reset_s else None
+
+
 class Localizer:
     """One camera's localisation state. Not thread-safe: the node serialises the calls,
     except :meth:`add_odometry` / :meth:`odometry_covers`, which have their own lock so
@@ -193,6 +265,7 @@ class Localizer:
         self._odom = OdometryBuffer()
         self._camera_motion = CameraMotionFromOdometry(config.base_to_camera)
         self._health = VisionHealth()
+        self._tracking = TrackingMonitor(config, runtime.spec.tracking)
         self.set_base_to_camera(config.base_to_camera)
         self.reset()
 
@@ -312,7 +385,9 @@ class Localizer:
             twist_cov = motion_cov / (dt * dt)
 
         sigma = float(np.sqrt(np.mean(np.exp(result.log_var[:3]))))
-        self._update_tracking(sigma, stamp_ns, fault, motion is not None)
+        # (a first frame has no motion to get wrong)
+        expects_odometry = self.runtime.spec.uses_odom and self.runtime.frames > 1
+        self._tracking.update(sigma, stamp_ns, fault, motion is not None, expects_odometry)
         pose_cov, twist_cov = self._covariance, twist_cov
         if self.tracking is TrackingState.LOST:
             pose_cov = twist_cov = np.eye(6) * LOST_VARIANCE
@@ -332,8 +407,8 @@ class Localizer:
             vision_fault=fault,
         )
         self._base_in_start, self.last_pose, self._last_stamp_ns = base_in_start, pose, stamp_ns
-        if self._lost_too_long(stamp_ns):
-            lost_for = (stamp_ns - (self._lost_since_ns or stamp_ns)) * 1e-9
+        lost_for = self._tracking.lost_too_long(stamp_ns)
+        if lost_for is not None:
             events.append(
                 (EventKind.LOST_RESET, f"tracking lost for {lost_for:.1f} s: the memory restarts")
             )
@@ -398,55 +473,13 @@ class Localizer:
         return Restart.MEMORY
 
     @property
+    def tracking(self) -> TrackingState:
+        return self._tracking.state
+
+    @property
     def tracking_thresholds(self) -> tuple[float, float]:
         """(uncertain, lost) sigma in use: the configured ones, else the model's."""
-        model = self.runtime.spec.tracking
-        return (
-            self.config.uncertain_sigma_m or model["uncertain_sigma_m"],
-            self.config.lost_sigma_m or model["lost_sigma_m"],
-        )
-
-    def _update_tracking(
-        self, sigma: float, stamp_ns: int, fault: VisionFault | None, odometry_used: bool
-    ) -> None:
-        """The state of this frame, entered at once when it is better than the current
-        one and after ``tracking_frames`` frames in a row when worse: its sigma's, but
-        at least UNCERTAIN when a model that takes odometry ran without it (images
-        only, such a model is several times less accurate than with odometry, which
-        its sigma does not fully show: docs/benchmarks.md) and when the camera cannot
-        be trusted, then LOST without odometry."""
-        uncertain, lost = self.tracking_thresholds
-        if sigma >= lost:
-            raw = TrackingState.LOST
-        elif sigma >= uncertain:
-            raw = TrackingState.UNCERTAIN
-        else:
-            raw = TrackingState.OK
-        floor = TrackingState.OK
-        if fault is not None:
-            floor = TrackingState.UNCERTAIN if odometry_used else TrackingState.LOST
-        elif not odometry_used and self.runtime.spec.uses_odom and self.runtime.frames > 1:
-            floor = TrackingState.UNCERTAIN  # (a first frame has no motion to get wrong)
-        raw = max(raw, floor, key=lambda s: s.value)
-        self._recent.append(raw)
-        recent = list(self._recent)[-self.config.tracking_frames :]
-        if raw.value <= self.tracking.value:
-            self.tracking = raw
-        elif len(recent) >= self.config.tracking_frames:
-            persistent = min(recent, key=lambda s: s.value)  # the best of the last N
-            self.tracking = max(self.tracking, persistent, key=lambda s: s.value)
-        if self.tracking is TrackingState.LOST:
-            if self._lost_since_ns is None:
-                self._lost_since_ns = stamp_ns
-        else:
-            self._lost_since_ns = None
-
-    def _lost_too_long(self, stamp_ns: int) -> bool:
-        return (
-            self._lost_since_ns is not None
-            and self.config.lost_reset_s > 0
-            and (stamp_ns - self._lost_since_ns) * 1e-9 >= self.config.lost_reset_s
-        )
+        return self._tracking.thresholds
 
     # Snapshots ------------------------------------------------------------------------
 
@@ -499,6 +532,4 @@ class Localizer:
         self._jump_ns: int | None = None  # the rejected first frame after a time jump
         self._dts: deque[float] = deque(maxlen=DT_HISTORY)
         self._camera_motion.reset()
-        self.tracking = TrackingState.OK
-        self._recent: deque[TrackingState] = deque(maxlen=1000)  # raw per-frame states
-        self._lost_since_ns: int | None = None
+        self._tracking.reset()

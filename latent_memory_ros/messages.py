@@ -36,8 +36,10 @@ COLOURS = {
     TrackingState.LOST: ColorRGBA(r=1.0, g=0.1, b=0.1, a=1.0),
 }
 QUERY_COLOUR = ColorRGBA(r=0.9, g=0.2, b=0.9, a=1.0)
-# The arrow marker's frame (x forward, REP 103) in the camera optical frame.
-_Q_OPTICAL_ARROW = geometry.matrix_to_quat(geometry.R_BODY_OPTICAL.T)
+# The arrow marker's frame (x forward, REP 103) in the camera optical frame:
+# geometry.matrix_to_quat(geometry.R_BODY_OPTICAL.T), written out so that importing the
+# node does not load scipy (test_geometry checks it).
+Q_OPTICAL_ARROW = np.array([0.5, -0.5, 0.5, 0.5])
 # Keeps exp(log_var) finite in the covariance however wild an untrained head is.
 MAX_LOG_VAR = 30.0
 # The variance (m^2, rad^2) of a query answer about a place the memory does not hold.
@@ -123,7 +125,7 @@ def query_markers(header: Header, camera_in_odom: np.ndarray) -> MarkerArray:
     arrow = Marker(
         header=header, ns="query", id=0, type=Marker.ARROW, action=Marker.ADD, color=QUERY_COLOUR
     )
-    rotate = np.concatenate([np.zeros(3), _Q_OPTICAL_ARROW])
+    rotate = np.concatenate([np.zeros(3), Q_OPTICAL_ARROW])
     arrow.pose = pose_to_msg(geometry.compose(camera_in_odom, rotate))
     arrow.scale.x, arrow.scale.y, arrow.scale.z = 0.4, 0.05, 0.05
     return MarkerArray(markers=[arrow])

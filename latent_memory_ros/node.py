@@ -458,6 +458,11 @@ class LocalisationCore:
         )
 
 
+# Two thin classes over LocalisationCore rather than one LifecycleNode with an autostart
+# parameter (yolo_ros's pattern): the plain node would then carry lifecycle services
+# and state it does not use, a failed autostart would leave a process that stays up
+# unconfigured instead of exiting 1 (test_node checks the exit code), and the
+# core would stay the same size, since it is the body of the transitions either way.
 class LatentMemoryNode(Node):
     """The node: configured and active from construction."""
 

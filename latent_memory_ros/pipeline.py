@@ -198,9 +198,7 @@ class LocalisationPipeline:
 
     def decode(self, msg: Image | CompressedImage) -> np.ndarray:
         """RGB pixels of a camera or query image; FrameError says why not."""
-        if isinstance(msg, CompressedImage):
-            return images.compressed_msg_to_rgb(msg, max_pixels=self.settings.max_pixels)
-        return images.image_msg_to_rgb(msg, max_pixels=self.settings.max_pixels)
+        return images.decode_frame(msg, self.settings.max_pixels)
 
     def flush_path(self) -> None:
         """The steady timer's share: the last poses of a run that stopped still go out.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import types
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from helpers import (
@@ -21,9 +22,12 @@ from helpers import (
     frame_pixels,
     write_test_bag,
 )
+from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
+from sensor_msgs.msg import CompressedImage, Image
 
 from latent_memory_ros.bag import BagTopicError, read_run
+from latent_memory_ros.images import decode_frame
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
@@ -91,25 +95,83 @@ def test_wrong_message_type_is_named(tmp_path: Path) -> None:
         read_run(tmp_path / "bag", "/camera/camera_info")
 
 
+def write_frame(path: Path, msg: object, msgtype: str = "sensor_msgs/msg/Image") -> bytes:
+    """A bag with one message on /image; returns its CDR bytes."""
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection("/image", msgtype, typestore=TYPESTORE)
+        cdr = TYPESTORE.serialize_cdr(msg, msgtype)
+        writer.write(conn, T0_NS, cdr)
+    return bytes(cdr)
+
+
 def test_padded_bgr_rows_decode_to_rgb(tmp_path: Path) -> None:
-    width, height, step = 5, 4, 20  # 15 bytes of pixels, 5 of padding per row
-    rgb = frame_pixels(7, width, height)
-    rows = np.zeros((height, step), np.uint8)
-    rows[:, : width * 3] = rgb[..., ::-1].reshape(height, -1)
-    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        conn = writer.add_connection("/image", "sensor_msgs/msg/Image", typestore=TYPESTORE)
-        msg = T.Image(
-            header=bag_header(T0_NS, "cam"),
-            height=height,
-            width=width,
-            encoding="bgr8",
-            is_bigendian=0,
-            step=step,
-            data=rows.ravel(),
-        )
-        writer.write(conn, T0_NS, TYPESTORE.serialize_cdr(msg, conn.msgtype))
+    msg = raw_frame("bgr8", padding=5)  # a step of 20 for 15 bytes of pixels
+    write_frame(tmp_path / "bag", msg)
 
     run = read_run(tmp_path / "bag", "/image")
     assert run.base_to_camera is None and run.intrinsics is None
     ((_, decoded),) = run.images()
-    np.testing.assert_array_equal(decoded, rgb)
+    np.testing.assert_array_equal(decoded, frame_pixels(7, 5, 4) * 9)
+
+
+def raw_frame(encoding: str, padding: int = 0):
+    """A 5x4 Image in ``encoding`` with ``padding`` garbage bytes after each row."""
+    width, height = 5, 4
+    rgb = frame_pixels(7, width, height) * 9  # uint8 wraps: every value differs
+    pixels = {
+        "rgb8": rgb,
+        "bgr8": rgb[..., ::-1],
+        "mono8": rgb[..., :1],
+        "mono16": (rgb[..., :1].astype("<u2") * 257 + 100).view(np.uint8),
+    }[encoding]
+    rows = pixels.reshape(height, -1)
+    data = np.concatenate([rows, np.full((height, padding), 0xAB, np.uint8)], axis=1)
+    return T.Image(
+        header=bag_header(T0_NS, "cam"),
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=0,
+        step=data.shape[1],
+        data=data.ravel(),
+    )
+
+
+def compressed_frame(ext: str):
+    ok, data = cv2.imencode(ext, frame_pixels(7, 32, 24) * 9)
+    assert ok
+    return T.CompressedImage(
+        header=bag_header(T0_NS, "cam"),
+        format=f"bgr8; {ext[1:].replace('jpg', 'jpeg')} compressed bgr8",
+        data=data.ravel(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "node_type"),
+    [
+        (lambda: raw_frame("rgb8"), Image),
+        (lambda: raw_frame("bgr8"), Image),
+        (lambda: raw_frame("mono8"), Image),
+        (lambda: raw_frame("mono16"), Image),
+        (lambda: raw_frame("bgr8", padding=5), Image),  # a step of 20 for 15 bytes of pixels
+        (lambda: raw_frame("mono16", padding=3), Image),  # an odd step for 2-byte pixels
+        (lambda: compressed_frame(".jpg"), CompressedImage),
+        (lambda: compressed_frame(".png"), CompressedImage),
+    ],
+    ids=["rgb8", "bgr8", "mono8", "mono16", "bgr8-padded", "mono16-odd-step", "jpeg", "png"],
+)
+def test_bag_frames_decode_as_the_node_decodes_them(
+    tmp_path: Path, make: object, node_type: type
+) -> None:
+    # The node's subscription gets the same CDR bytes the bag stores, deserialised by
+    # rclpy; LocalisationPipeline.decode hands them to images.decode_frame.
+    cdr = write_frame(tmp_path / "bag", make(), f"sensor_msgs/msg/{node_type.__name__}")
+
+    ((_, offline),) = read_run(tmp_path / "bag", "/image").images()
+    node = decode_frame(deserialize_message(cdr, node_type))
+
+    size = (4, 5) if node_type is Image else (24, 32)
+    assert offline.dtype == node.dtype == np.uint8
+    assert offline.shape == node.shape == (*size, 3)
+    np.testing.assert_array_equal(offline, node)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import BASE_TO_CAMERA, write_test_bag
+from helpers import BASE_TO_CAMERA, REPO, write_test_bag
 
 from latent_memory_ros import geometry, runtime
 from latent_memory_ros.evaluation import (
@@ -231,8 +231,11 @@ def test_demo_memory_ablation_runs_the_bag_carried_and_reset(
     the shipped model's memory shapes the motion: with odometry it has no say) the reset
     run differs."""
     from latent_memory_ros.bag import read_run
-    from latent_memory_ros.demo import GT_TOPIC, IMAGE_TOPIC, ODOM_TOPIC, memory_ablation
+    from latent_memory_ros.evaluation import BAG_GT_TOPIC as GT_TOPIC
+    from latent_memory_ros.evaluation import BAG_IMAGE_TOPIC as IMAGE_TOPIC
+    from latent_memory_ros.evaluation import memory_ablation
 
+    ODOM_TOPIC = "/odom"
     write_test_bag(tmp_path / "bag", frames=30, size=(64, 48))
     run = read_run(tmp_path / "bag", IMAGE_TOPIC, gt_topic=GT_TOPIC, odom_topic=ODOM_TOPIC)
     got = memory_ablation(run, model_dir, ["CPUExecutionProvider"])
@@ -248,6 +251,24 @@ def test_demo_memory_ablation_runs_the_bag_carried_and_reset(
     images = memory_ablation(run, model_dir, ["CPUExecutionProvider"], odometry=False)
     assert images["memory_reset_ate_rmse_m"] != images["memory_carried_ate_rmse_m"]
     assert images["memory_carried_ate_rmse_m"] != got["memory_carried_ate_rmse_m"]
+
+
+def test_demo_runs_from_the_repository_not_the_package() -> None:
+    """tools/demo.py (make demo) is developer tooling: a script beside the package, which
+    no longer installs it or a console script for it."""
+    from latent_memory_ros import evaluation
+
+    assert not (Path(evaluation.__file__).parent / "demo.py").exists()
+    assert "latent_memory_demo" not in (REPO / "setup.py").read_text()
+    shown = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "demo.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "--reuse-bag" in shown.stdout
+    assert evaluation.memory_ablation.__module__ == "latent_memory_ros.evaluation"
 
 
 def test_calibration_of_gaussian_errors_matches_the_gaussian_shares() -> None:

@@ -1,4 +1,4 @@
-"""images.py: raw frames against a numpy reference for every converter this machine has,
+"""images.py: raw frames against a numpy reference,
 YUV 4:2:2 against BT.601, CompressedImage against cv2.imencode, camera_info checks and the
 field-of-view adapter against rendering with the model's own intrinsics."""
 
@@ -14,10 +14,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from latent_memory_ros import images
 from latent_memory_ros.images import (
-    CONVERTER,
-    CONVERTERS,
     SUPPORTED_ENCODINGS,
     FieldOfViewAdapter,
     FrameError,
@@ -80,23 +77,20 @@ def make_msg(
     return msg
 
 
-@pytest.mark.parametrize("converter", list(CONVERTERS))
 @pytest.mark.parametrize("encoding", EXACT_ENCODINGS)
 @pytest.mark.parametrize("padding", [0, 1, 8])
-def test_every_encoding_matches_the_reference(converter: str, encoding: str, padding: int) -> None:
+def test_every_encoding_matches_the_reference(encoding: str, padding: int) -> None:
     msg = make_msg(encoding, padding=padding, trailing=3)
-    rgb = image_msg_to_rgb(msg, converter=converter)
+    rgb = image_msg_to_rgb(msg)
     assert rgb.shape == (HEIGHT, WIDTH, 3)
     assert rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb, pixels_and_expected(encoding)[1])
 
 
-@pytest.mark.parametrize("converter", list(CONVERTERS))
-def test_big_endian_mono16(converter: str) -> None:
-    msg = make_msg("mono16", padding=2, big_endian=True)
-    np.testing.assert_array_equal(
-        image_msg_to_rgb(msg, converter=converter), pixels_and_expected("mono16")[1]
-    )
+@pytest.mark.parametrize("padding", [1, 2])
+def test_big_endian_mono16(padding: int) -> None:
+    msg = make_msg("mono16", padding=padding, big_endian=True)
+    np.testing.assert_array_equal(image_msg_to_rgb(msg), pixels_and_expected("mono16")[1])
 
 
 def test_rosbags_style_message_with_numpy_data() -> None:
@@ -111,11 +105,6 @@ def test_rosbags_style_message_with_numpy_data() -> None:
         data=np.frombuffer(bytes(msg.data), dtype=np.uint8),
     )
     np.testing.assert_array_equal(image_msg_to_rgb(duck), RGB)
-
-
-def test_default_converter_is_the_first_usable() -> None:
-    assert CONVERTER == next(iter(CONVERTERS))
-    assert "numpy" in CONVERTERS
 
 
 def test_large_frame_reads_message_data_in_place() -> None:
@@ -148,28 +137,6 @@ def test_bad_frames_raise_frame_error_saying_why(changes: dict, message: str) ->
     with pytest.raises(FrameError, match=message.replace("(", r"\(")) as raised:
         image_msg_to_rgb(msg)
     assert isinstance(raised.value, ValueError)
-
-
-def test_cv_bridge_is_bypassed_where_it_would_shear_or_fails(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    calls: list[int] = []
-
-    class FailingBridge:
-        def imgmsg_to_cv2(self, msg: Image, desired_encoding: str) -> np.ndarray:
-            calls.append(msg.step)
-            raise AttributeError("'numpy.ndarray' object has no attribute 'newbyteorder'")
-
-    monkeypatch.setattr(images, "_cv_bridge", FailingBridge())
-    monkeypatch.setattr(
-        images, "CONVERTERS", {"cv_bridge": images._cv_bridge_to_rgb, **images.CONVERTERS}
-    )
-    sheared = make_msg("bgr8", padding=1)
-    np.testing.assert_array_equal(image_msg_to_rgb(sheared, converter="cv_bridge"), RGB)
-    assert calls == []
-    aligned = make_msg("bgr8", padding=3)
-    np.testing.assert_array_equal(image_msg_to_rgb(aligned, converter="cv_bridge"), RGB)
-    assert calls == [WIDTH * 3 + 3]
 
 
 def test_supported_encodings_include_yuv422() -> None:
@@ -221,12 +188,11 @@ def yuv_msg(rgb: np.ndarray, encoding: str, padding: int = 0) -> Image:
     )
 
 
-@pytest.mark.parametrize("converter", list(CONVERTERS))
 @pytest.mark.parametrize("encoding", list(YUV422))
 @pytest.mark.parametrize("padding", [0, 3, 8])
-def test_yuv422_decodes_close_to_the_original(converter: str, encoding: str, padding: int) -> None:
+def test_yuv422_decodes_close_to_the_original(encoding: str, padding: int) -> None:
     rgb = smooth_rgb()
-    decoded = image_msg_to_rgb(yuv_msg(rgb, encoding, padding), converter=converter)
+    decoded = image_msg_to_rgb(yuv_msg(rgb, encoding, padding))
     assert decoded.shape == rgb.shape
     assert decoded.dtype == np.uint8
     error = np.abs(decoded.astype(int) - rgb)
@@ -272,19 +238,6 @@ def test_yuv422_step_and_length_are_checked() -> None:
     msg.data = bytes(msg.data)[:-1]
     with pytest.raises(FrameError, match="truncated data"):
         image_msg_to_rgb(msg)
-
-
-def test_yuv422_skips_the_other_converters(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(msg: Image, encoding: object) -> np.ndarray:
-        raise AssertionError(f"{msg.encoding} reached another converter")
-
-    monkeypatch.setattr(images, "CONVERTERS", {"cv_bridge": refuse, **images.CONVERTERS})
-    monkeypatch.setattr(images, "CONVERTER", "cv_bridge")
-    rgb = smooth_rgb()
-    for encoding in YUV422:
-        assert np.abs(image_msg_to_rgb(yuv_msg(rgb, encoding)).astype(int) - rgb).mean() < 3
-    with pytest.raises(FrameError, match="reached another converter"):
-        image_msg_to_rgb(make_msg("rgb8"))
 
 
 # --- CompressedImage ---------------------------------------------------------------------

@@ -12,6 +12,10 @@
 7. the memory ablation: the same frames offline through the runtime twice, with the
    memory carried and reset before every frame, give the memory gain
    ``1 - ATE carried / ATE reset``.
+
+Developer tooling, not part of the installed package: it finds the repository (the
+training package, the default model) beside this file. ``make demo`` runs
+``python tools/demo.py``; ``--help`` lists its flags.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from latent_memory_ros import geometry
 from latent_memory_ros.bag import BagRun, read_run
 from latent_memory_ros.conversions import ns_to_sec_nanosec, pose_to_array, stamp_to_s
 from latent_memory_ros.evaluation import (
+    BAG_GT_TOPIC,
+    BAG_IMAGE_TOPIC,
     baseline_metrics,
-    memory_gain,
+    memory_ablation,
     metrics_table,
     odometry_camera_poses,
     plot_title,
@@ -50,9 +56,9 @@ from latent_memory_ros.tum import write_trajectory
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_NAME = "latent_memory_node"
-IMAGE_TOPIC = "/camera/image_raw"
+IMAGE_TOPIC = BAG_IMAGE_TOPIC
 ODOM_TOPIC = "/odom"
-GT_TOPIC = "/ground_truth/pose"
+GT_TOPIC = BAG_GT_TOPIC
 POSE_TOPIC = f"/{NODE_NAME}/pose"
 QUERY_IMAGE_TOPIC = f"/{NODE_NAME}/query/image"
 QUERY_POSE_TOPIC = f"/{NODE_NAME}/query/pose"
@@ -314,33 +320,9 @@ def score(run: BagRun, mount: np.ndarray, collected: dict[str, Any], out: Path) 
     return metrics
 
 
-def memory_ablation(
-    run: BagRun, model_dir: Path, providers: list[str] | None = None, odometry: bool = True
-) -> dict[str, float]:
-    """The run's frames offline through the runtime (and the odometry, when the model
-    takes it and ``odometry``), with the memory carried and with it reset before every
-    frame: their ATE and the memory gain ``1 - carried / reset``."""
-    from latent_memory_ros.runtime import StudentRuntime
-
-    assert run.gt is not None
-    rt = StudentRuntime(model_dir, providers=providers)
-    odom = run.odom_at(run.image_stamps) if rt.spec.uses_odom and odometry else None
-    camera = None if run.intrinsics is None else run.intrinsics.array
-    ate = {}
-    for name, reset in (("carried", False), ("reset", True)):
-        poses = rt.run(run.images(), odom, run.base_to_camera, reset, camera).poses
-        metrics = trajectory_metrics(run.image_stamps, poses, run.gt.stamps, run.gt.poses)
-        ate[name] = metrics["ate_rmse_m"]
-    return {
-        "memory_carried_ate_rmse_m": ate["carried"],
-        "memory_reset_ate_rmse_m": ate["reset"],
-        "memory_gain": memory_gain(ate["carried"], ate["reset"]),
-    }
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="latent_memory_demo",
+        prog="tools/demo.py",
         description="Render a held-out run, replay it into the node over DDS, score its poses.",
     )
     parser.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
