@@ -67,6 +67,9 @@ IDENTITY = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
 LOST_VARIANCE = 9999.0
 # Two seconds of 100 Hz odometry: more than any camera latency, so the match is there.
 ODOM_BUFFER_LENGTH = 200
+# Odometry further from its origin than this is no robot's (a corrupted message): one
+# sample of 1e300 m made the network's state NaN for good (benchmarks/fuzz.py).
+ODOM_MAX_ABS_M = 1e6
 DT_HISTORY = 30
 
 
@@ -244,8 +247,22 @@ class Localizer:
 
     # Odometry -------------------------------------------------------------------------
 
-    def add_odometry(self, stamp_ns: int, base_pose: np.ndarray) -> None:
-        self._odom.add(stamp_ns, base_pose)
+    def add_odometry(self, stamp_ns: int, base_pose: np.ndarray) -> str | None:
+        """Buffer one odometry sample (its quaternion normalised); returns why it was
+        refused instead: a non-finite value, a position beyond ODOM_MAX_ABS_M or a
+        quaternion of (almost) zero length, which would make the memory NaN for good."""
+        pose = np.asarray(base_pose, dtype=np.float64)
+        if pose.shape != (7,) or not np.all(np.isfinite(pose)):
+            return "not finite"
+        if np.max(np.abs(pose[:3])) > ODOM_MAX_ABS_M:
+            return f"position beyond {ODOM_MAX_ABS_M:g} m"
+        norm = float(np.linalg.norm(pose[3:]))
+        if not 0.5 < norm < 2.0:  # a driver's rounding is close to 1; zero is no rotation
+            return f"quaternion of length {norm:.3g}"
+        if abs(norm - 1.0) > 1e-9:
+            pose = np.concatenate([pose[:3], pose[3:] / norm])
+        self._odom.add(stamp_ns, pose)
+        return None
 
     def odometry_covers(self, stamp_ns: int) -> bool:
         return self._odom.covers(stamp_ns)

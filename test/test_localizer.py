@@ -336,3 +336,34 @@ def test_a_frozen_camera_does_not_teach_the_drift_filter(runtime, checks: bool) 
         assert drift < 1e-3
     else:
         assert drift > 0.01  # rad/s: what the frozen camera taught it
+
+
+@pytest.mark.parametrize(
+    "pose, why",
+    [
+        ([np.nan, 0, 0, 0, 0, 0, 1.0], "not finite"),
+        ([0, np.inf, 0, 0, 0, 0, 1.0], "not finite"),
+        ([1e300, 0, 0, 0, 0, 0, 1.0], "position beyond 1e+06 m"),
+        ([0, 0, 0, 0, 0, 0, 0.0], "quaternion of length 0"),
+    ],
+)
+def test_odometry_that_would_poison_the_memory_is_refused(
+    localizer: Localizer, pose: list[float], why: str
+) -> None:
+    """benchmarks/fuzz.py found it: one NaN (or 1e300 m) odometry sample next to a frame
+    made the network's state NaN, and every pose after it."""
+    frames = rgb_frames(4)
+    drive(localizer, frames[:2], odom=True)
+    stamp = 10**9 + 2 * STEP_NS
+    assert localizer.add_odometry(stamp, np.array(pose)) == why
+    after = [
+        localizer.process(f, stamp + k * STEP_NS, use_odometry=True)
+        for k, f in enumerate(frames[2:])
+    ]
+    assert all(np.all(np.isfinite(e.pose)) for e in after)
+    assert np.isfinite(localizer.memory_norm)
+
+
+def test_a_quaternion_off_unit_length_is_normalised(localizer: Localizer) -> None:
+    assert localizer.add_odometry(10**9, np.array([0, 0, 0, 0, 0, 0, 1.5])) is None
+    np.testing.assert_array_equal(localizer.odometry_at(10**9), [0, 0, 0, 0, 0, 0, 1.0])
