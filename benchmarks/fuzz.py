@@ -76,9 +76,10 @@ def jpeg_declaring(jpeg: bytes, width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def strategies(good_rgb: np.ndarray):
+def strategies(good_rgb: np.ndarray, next_good_ns):
     """hypothesis strategies of bad messages: (kind, message) with kind one of image,
-    compressed, odometry, camera_info."""
+    compressed, odometry, camera_info. ``next_good_ns()`` is the stamp of the next good
+    frame: some bad odometry is stamped near it, where the node would use it."""
     import cv2
     from builtin_interfaces.msg import Time
     from hypothesis import strategies as st
@@ -183,6 +184,9 @@ def strategies(good_rgb: np.ndarray):
     @st.composite
     def odometry(draw) -> Odometry:
         msg = Odometry(header=draw(header(draw(st.booleans()))), child_frame_id=draw(text))
+        if draw(st.booleans()):  # at (or near) the next good frame's stamp
+            ns = next_good_ns() + draw(st.sampled_from([0, 0, 1, -1, 5_000_000, -30_000_000]))
+            msg.header.stamp = Time(sec=ns // 10**9, nanosec=ns % 10**9)
         p, q = msg.pose.pose.position, msg.pose.pose.orientation
         p.x, p.y, p.z = (draw(floats) for _ in range(3))
         q.x, q.y, q.z, q.w = draw(
@@ -340,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 odom.pose.pose.position.x = 0.01 * k
                 odom.pose.pose.orientation.w = 1.0
-                n["odometry"].publish(odom)
+                if k % 4 != 3:  # every 4th good frame: only the fuzz's odometry near it
+                    n["odometry"].publish(odom)
                 header = Header(stamp=stamp, frame_id="fuzz_camera")
                 if transport == "raw":
                     msg = Image(
@@ -398,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                 for t, m in nodes.items():
                     rss_after_warmup[t] = round(rss_mb(m["process"].pid), 1)
 
-        bad = strategies(crop(tex, 0, WIDTH))
+        bad = strategies(crop(tex, 0, WIDTH), lambda: 10_000 * 10**9 + good_index[0] * 100_000_000)
         started = time.monotonic()
         feed()
         good_round()  # the last message of each node is a good frame
