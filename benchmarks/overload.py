@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    isolate_dds(230)
+    isolate_dds(140)
     width, height = (int(v) for v in args.size.split("x"))
 
     import rclpy
