@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds, stamp_k = [], 0
     summary = {"kills": 0, "corrupt": 0, "missing_snapshot": 0, "start_up_failed": 0}
     summary |= {"killed_mid_write": 0, "temporaries_left_by_kills": 0, "temporaries_after_start": 0}
-    summary |= {"saves_answered": 0, "loaded_at_start_up": 0}
+    summary |= {"saves_answered": 0, "started_with_snapshot": 0, "loaded_at_start_up": 0}
     try:
         base = [
             f"image_topic:={IMAGE_TOPIC}",
@@ -115,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for r in range(args.kills):
             params = list(base)
-            if snapshot.exists():
+            had_snapshot = snapshot.exists()
+            if had_snapshot:
                 params.append(f"memory_snapshot:={snapshot}")
+                summary["started_with_snapshot"] += 1
             left_before = temporaries()
             process, log = start_node("kill_save_node", params)
             ready = started(process, log)
@@ -170,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 except (SnapshotError, AssertionError) as err:
                     state = f"corrupt: {err}"
                     summary["corrupt"] += 1
-            else:
-                summary["missing_snapshot"] += r > 0
+            else:  # a snapshot that was there before the kill and is gone after it
+                summary["missing_snapshot"] += had_snapshot
             row = {"round": r, "mid_write": seen, "temporaries_left": len(left), "snapshot": state}
             rounds.append(row)
             print(json.dumps(row), flush=True)
