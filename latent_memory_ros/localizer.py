@@ -503,6 +503,9 @@ class Localizer:
         except ModelError as err:
             raise SnapshotError(f"{path}: {err}") from err
         self._restart_time()
+        # The vision checks start over too: a restarted node has no previous image, and
+        # a loaded snapshot must lead to the same outputs in either.
+        self._health.reset()
         self._anchor = arrays["anchor"]
         self._covariance = arrays["covariance"]
         self._base_in_start = arrays.get("base_in_start")
