@@ -7,8 +7,10 @@ good frame with one such field broken; a CompressedImage of random bytes, a trun
 or corrupted JPEG / PNG, or a header declaring a huge size (a decompression bomb); an
 Odometry with NaN / inf / zero-quaternion poses; a CameraInfo with wrong sizes, NaN /
 inf intrinsics or odd distortion; and any of them with a bad stamp (0, negative,
-nanosec past 1e9, 2^31 s) or frame_id. After every ``--good-every`` bad messages each
-node gets one good frame with its odometry and must answer it.
+nanosec past 1e9, 2^31 s) or frame_id; half the bad odometry is stamped at or near the
+next good frame. After every ``--good-every`` bad messages each node gets one good
+frame and must answer it with a finite pose; three in four come with good odometry at
+their stamp, the fourth only with what the fuzz sent near it.
 
     nice -n 10 .venv/bin/python benchmarks/fuzz.py --messages 10000
 
@@ -20,7 +22,7 @@ with its boundary-seeking generation and reproducibility, without ``.example()``
 and answers, after the stream. The last line of stdout is a JSON summary: per node the
 messages sent, its counters, whether every good frame was answered with a finite pose,
 whether received = processed + dropped + rejected, the node's RSS after the first 500
-messages and at the end, and its peak RSS.
+messages (or half of them) and at the end, its peak RSS and the tracebacks in its log.
 """
 
 from __future__ import annotations
