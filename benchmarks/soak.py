@@ -72,7 +72,8 @@ def goals(first: dict, last: dict, rss_first: float, rss_last: float) -> dict:
 
 def runtime_soak(args: argparse.Namespace) -> None:
     """``--runtime-frames`` through the Localizer as the node runs it (odometry with
-    every frame), timed around :meth:`Localizer.process`; RSS of this process."""
+    every frame), timed around :meth:`Localizer.process` (wall clock, and the CPU time
+    of this process, which other load does not inflate); RSS of this process."""
     import resource
 
     from latent_memory_ros.localizer import Localizer, LocalizerConfig
@@ -86,7 +87,7 @@ def runtime_soak(args: argparse.Namespace) -> None:
     localizer = Localizer(runtime, LocalizerConfig(base_to_camera=mount))
     tex = texture(width, height)
     frames = [crop(tex, k, width) for k in range(2 * (tex.shape[1] - width) // 3)]
-    rows, times, restarts = [], [], 0
+    rows, times, cpu, restarts = [], [], [], 0
     states: dict[str, int] = {}
     started = time.monotonic()
     print(f"{args.runtime_frames} frames {width}x{height} through the Localizer", flush=True)
@@ -94,9 +95,10 @@ def runtime_soak(args: argparse.Namespace) -> None:
         stamp_ns = 1_000 * 10**9 + k * 33_333_333
         base = np.array([0.001 * k, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
         localizer.add_odometry(stamp_ns, base)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         estimate = localizer.process(frames[k % len(frames)], stamp_ns, use_odometry=True)
         times.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
         restarts += estimate.restart is not None
         states[estimate.tracking.name] = states.get(estimate.tracking.name, 0) + 1
         if not np.all(np.isfinite(estimate.pose)):
@@ -104,10 +106,12 @@ def runtime_soak(args: argparse.Namespace) -> None:
         if (k + 1) % args.window == 0:
             p50, p99 = percentiles(times)
             row = {"frames": k + 1, "p50": p50, "p99": p99, "rss_mb": rss_mb(os.getpid())}
+            # CPU time of this process per frame: what the frame cost, whatever the load.
+            row["cpu_p50"], row["cpu_p99"] = percentiles(cpu)
             row["elapsed_s"] = round(time.monotonic() - started, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
-            times = []
+            times, cpu = [], []
             if args.max_seconds and row["elapsed_s"] > args.max_seconds:
                 break
     first, last = rows[0], rows[-1]
@@ -120,6 +124,8 @@ def runtime_soak(args: argparse.Namespace) -> None:
         "first": first,
         "last": last,
         "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cpu_p50_last_over_first": round(last["cpu_p50"] / first["cpu_p50"], 3),
+        "cpu_p99_last_over_first": round(last["cpu_p99"] / first["cpu_p99"], 3),
         "restarts": restarts,
         "tracking": states,
         **goals(first, last, first["rss_mb"], last["rss_mb"]),
