@@ -250,7 +250,8 @@ class Localizer:
     def add_odometry(self, stamp_ns: int, base_pose: np.ndarray) -> str | None:
         """Buffer one odometry sample (its quaternion normalised); returns why it was
         refused instead: a non-finite value, a position beyond ODOM_MAX_ABS_M or a
-        quaternion of (almost) zero length, which would make the memory NaN for good."""
+        quaternion of length outside 0.5-2 (zero is no rotation), any of which would make
+        the memory NaN for good."""
         pose = np.asarray(base_pose, dtype=np.float64)
         if pose.shape != (7,) or not np.all(np.isfinite(pose)):
             return "not finite"
