@@ -172,6 +172,22 @@ def test_a_lone_outlier_stamp_is_rejected_and_changes_nothing(
     assert np.linalg.norm(after.pose[:3] - before[-1].pose[:3]) < 0.2
 
 
+def test_two_unrelated_wild_stamps_do_not_confirm_a_jump(localizer: Localizer) -> None:
+    """benchmarks/fuzz.py: a frame stamped 300 s and then one stamped 1,200 s, among good
+    frames at 10,000 s, passed for a bag loop (the second was nearer the first than the
+    old time) and reset memory, pose and path. A confirming frame must follow the first
+    within max_gap_s, as a camera's next frame does."""
+    frames = rgb_frames(5)
+    start = 10_000 * 10**9
+    before = drive(localizer, frames[:2], start_ns=start)
+    for wild in (300 * 10**9, 1_200 * 10**9):
+        with pytest.raises(StampError, match="rejected unless the next frame follows it"):
+            localizer.process(frames[2], wild, False)
+    after = localizer.process(frames[3], start + 2 * STEP_NS, False)
+    assert after.restart is None and localizer.runtime.frames == 3
+    assert np.linalg.norm(after.pose[:3] - before[-1].pose[:3]) < 0.2
+
+
 def test_set_pose_reanchors_the_output(localizer: Localizer) -> None:
     frames = rgb_frames(4)
     drive(localizer, frames[:2])
