@@ -11,6 +11,15 @@ the node's RSS per window of ``--window`` frames, and the first window against t
         --node-param path_max_length:=200   # the ~/path size the node re-sends each frame
 
 The node runs as a child process with the shipped parameter file.
+
+``--runtime-frames N`` soaks the node's ROS-free Localizer (StudentRuntime, cues, vision
+checks, odometry) for N frames in this process instead, without DDS:
+
+    nice -n 10 .venv/bin/python benchmarks/soak.py --runtime-frames 100000
+
+Both end with a JSON summary (the last line of stdout) that compares the last window
+with the first against the issue's goals: RSS growth under 1 %, p50 and p99 of the last
+window within 10 % of the first; ``goals`` says pass or fail for each.
 """
 
 from __future__ import annotations
@@ -18,30 +27,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import REPO, crop, isolate_dds, percentiles, rss_mb, stop_node, texture, write_json
 
-REPO = Path(__file__).resolve().parent.parent
 NAME = "soak_node"
 IMAGE_TOPIC = "/soak/image_raw"
 ODOM_TOPIC = "/soak/odom"
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def start_node(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    log = tempfile.NamedTemporaryFile(prefix="soak_node_", suffix=".log", delete=False)
+    from common import start_node as start
+
     params = [
         f"image_topic:={IMAGE_TOPIC}",
         f"odom_topic:={ODOM_TOPIC}",
@@ -50,15 +50,87 @@ def start_node(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
         "image_qos_depth:=20",
         *args.node_param,
     ]
-    command = [sys.executable, "-m", "latent_memory_ros.node", "--ros-args", "-r"]
-    command += [f"__node:={NAME}", "--params-file", str(REPO / "config" / "latent_memory.yaml")]
-    for p in params:
-        command += ["-p", p]
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    return start(NAME, params)
+
+
+def goals(first: dict, last: dict, rss_first: float, rss_last: float) -> dict:
+    """The issue's soak goals, last window against the first."""
+    growth = rss_last / rss_first - 1
+    p50 = last["p50"] / first["p50"]
+    p99 = last["p99"] / first["p99"]
+    return {
+        "rss_growth": round(growth, 4),
+        "p50_last_over_first": round(p50, 3),
+        "p99_last_over_first": round(p99, 3),
+        "goals": {
+            "rss_growth_under_1pc": "pass" if growth < 0.01 else "fail",
+            "p50_within_10pc": "pass" if abs(p50 - 1) <= 0.1 else "fail",
+            "p99_within_10pc": "pass" if abs(p99 - 1) <= 0.1 else "fail",
+        },
+    }
+
+
+def runtime_soak(args: argparse.Namespace) -> None:
+    """``--runtime-frames`` through the Localizer as the node runs it (odometry with
+    every frame), timed around :meth:`Localizer.process` (wall clock, and the CPU time
+    of this process, which other load does not inflate); RSS of this process."""
+    import resource
+
+    from latent_memory_ros.localizer import Localizer, LocalizerConfig
+    from latent_memory_ros.runtime import StudentRuntime
+
+    width, height = (int(v) for v in args.size.split("x"))
+    runtime = StudentRuntime(
+        args.model, providers=["CPUExecutionProvider"], intra_op_threads=args.threads
     )
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    return process, log.name
+    mount = np.array([0.0, 0.0, 0.3, -0.5, 0.5, -0.5, 0.5])
+    localizer = Localizer(runtime, LocalizerConfig(base_to_camera=mount))
+    tex = texture(width, height)
+    frames = [crop(tex, k, width) for k in range(2 * (tex.shape[1] - width) // 3)]
+    rows, times, cpu, restarts = [], [], [], 0
+    states: dict[str, int] = {}
+    started = time.monotonic()
+    print(f"{args.runtime_frames} frames {width}x{height} through the Localizer", flush=True)
+    for k in range(args.runtime_frames):
+        stamp_ns = 1_000 * 10**9 + k * 33_333_333
+        base = np.array([0.001 * k, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+        localizer.add_odometry(stamp_ns, base)
+        t0, c0 = time.perf_counter(), time.process_time()
+        estimate = localizer.process(frames[k % len(frames)], stamp_ns, use_odometry=True)
+        times.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+        restarts += estimate.restart is not None
+        states[estimate.tracking.name] = states.get(estimate.tracking.name, 0) + 1
+        if not np.all(np.isfinite(estimate.pose)):
+            raise SystemExit(f"frame {k}: pose {estimate.pose} is not finite")
+        if (k + 1) % args.window == 0:
+            p50, p99 = percentiles(times)
+            row = {"frames": k + 1, "p50": p50, "p99": p99, "rss_mb": rss_mb(os.getpid())}
+            # CPU time of this process per frame: what the frame cost, whatever the load.
+            row["cpu_p50"], row["cpu_p99"] = percentiles(cpu)
+            row["elapsed_s"] = round(time.monotonic() - started, 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            times, cpu = [], []
+            if args.max_seconds and row["elapsed_s"] > args.max_seconds:
+                break
+    first, last = rows[0], rows[-1]
+    summary = {
+        "kind": "runtime",
+        "frames": last["frames"],
+        "threads": args.threads,
+        "window": args.window,
+        "size": args.size,
+        "first": first,
+        "last": last,
+        "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cpu_p50_last_over_first": round(last["cpu_p50"] / first["cpu_p50"], 3),
+        "cpu_p99_last_over_first": round(last["cpu_p99"] / first["cpu_p99"], 3),
+        "restarts": restarts,
+        "tracking": states,
+        **goals(first, last, first["rss_mb"], last["rss_mb"]),
+    }
+    write_json(args.json, {"rows": rows, "summary": summary} if args.json else summary)
 
 
 def path_cost(sizes: tuple[int, ...] = (10, 500, 1000, 2000), repeats: int = 20) -> None:
@@ -88,7 +160,7 @@ def path_cost(sizes: tuple[int, ...] = (10, 500, 1000, 2000), repeats: int = 20)
         print(json.dumps(row))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=8000)
     parser.add_argument("--size", default="96x72", help="WIDTHxHEIGHT of the rgb8 images")
@@ -98,15 +170,24 @@ def main() -> None:
     parser.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE")
     parser.add_argument("--json", type=Path, help="write the per-window rows here")
     parser.add_argument("--path-cost", action="store_true", help="only time ~/path messages")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--runtime-frames", type=int, default=0, help="soak the Localizer, not the node"
+    )
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "default")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    parser.add_argument(
+        "--max-seconds", type=float, default=0.0, help="stop after the window that passes this"
+    )
+    args = parser.parse_args(argv)
     if args.path_cost:
         path_cost()
         return
-    os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 80))
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if args.runtime_frames:
+        runtime_soak(args)
+        return
+    isolate_dds(150)
     width, height = (int(v) for v in args.size.split("x"))
 
-    import cv2
     import rclpy
     from builtin_interfaces.msg import Time
     from diagnostic_msgs.msg import DiagnosticArray
@@ -164,13 +245,9 @@ def main() -> None:
         ):
             raise SystemExit(f"the node did not connect; its log: {log}")
         spin_until(lambda: False, 1.0)
-        rng = np.random.default_rng(0)
-        texture = cv2.resize(
-            rng.integers(0, 256, (40, 60, 3), dtype=np.uint8),
-            (width + 400, height),
-            interpolation=cv2.INTER_CUBIC,
-        )
+        tex = texture(width, height)
         rows, trips, lost, window_start = [], [], 0, time.monotonic()
+        started = window_start
         start_ns = 1_000 * 10**9
         print(f"{args.frames} frames {width}x{height} lock-step, timeout {args.timeout} s")
         for k in range(args.frames):
@@ -179,14 +256,13 @@ def main() -> None:
             odom = Odometry(header=Header(stamp=stamp, frame_id="odom"), child_frame_id="base_link")
             odom.pose.pose.position.x = 0.01 * k
             odom.pose.pose.orientation.w = 1.0
-            shift = (3 * k) % 400
             image = Image(
                 header=Header(stamp=stamp, frame_id="camera_optical"),
                 height=height,
                 width=width,
                 encoding="rgb8",
                 step=width * 3,
-                data=np.ascontiguousarray(texture[:, shift : shift + width]).tobytes(),
+                data=crop(tex, k, width).tobytes(),
             )
             odom_pub.publish(odom)
             sent = time.monotonic()
@@ -197,12 +273,12 @@ def main() -> None:
                 lost += 1
             if (k + 1) % args.window == 0:
                 now = time.monotonic()
-                p50, p99 = np.percentile(trips, [50, 99]) if trips else (np.nan, np.nan)
+                p50, p99 = percentiles(trips)
                 row = {
                     "frames": k + 1,
                     "rate_hz": round(args.window / (now - window_start), 1),
-                    "round_trip_ms_p50": round(float(p50), 2),
-                    "round_trip_ms_p99": round(float(p99), 2),
+                    "p50": p50,  # round trip, ms
+                    "p99": p99,
                     "lost": lost,
                     "rss_mb": round(rss_mb(node_process.pid), 1),
                     "path_poses": paths[0],
@@ -213,31 +289,34 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 trips, lost, window_start = [], 0, now
+                if args.max_seconds and now - started > args.max_seconds:
+                    break
         spin_until(lambda: False, 1.5)
         first, last = rows[0], rows[-1]
+        counters = diagnostics[-1] if diagnostics else {}
         summary = {
+            "kind": "node",
+            "frames": last["frames"],
+            "window": args.window,
+            "size": args.size,
+            "answered": len(answered),
             "lost_total": sum(r["lost"] for r in rows),
+            "node_alive": node_process.poll() is None,
+            "first": first,
+            "last": last,
             "rate_last_over_first": round(last["rate_hz"] / first["rate_hz"], 3),
-            "p50_last_over_first": round(last["round_trip_ms_p50"] / first["round_trip_ms_p50"], 3),
-            "p99_last_over_first": round(last["round_trip_ms_p99"] / first["round_trip_ms_p99"], 3),
-            "rss_growth": round(last["rss_mb"] / first["rss_mb"] - 1, 4),
+            **goals(first, last, first["rss_mb"], last["rss_mb"]),
             "node_counters": {
                 k: v
-                for k, v in (diagnostics[-1] if diagnostics else {}).items()
+                for k, v in counters.items()
                 if k.startswith(("frames_", "odometry", "step_ms", "publish_ms"))
             },
         }
-        print(json.dumps(summary), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+        write_json(args.json, {"rows": rows, "summary": summary} if args.json else summary)
     finally:
         node.destroy_node()
         rclpy.shutdown()
-        node_process.send_signal(signal.SIGINT)
-        try:
-            node_process.wait(10)
-        except subprocess.TimeoutExpired:
-            node_process.kill()
+        stop_node(node_process)
 
 
 if __name__ == "__main__":

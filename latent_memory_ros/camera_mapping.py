@@ -4,6 +4,8 @@ intrinsics). The mapping is rebuilt only when camera_info or the image size chan
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +13,34 @@ import numpy as np
 
 from latent_memory_ros import images
 
-__all__ = ["CameraInfoMapping"]
+__all__ = ["CameraInfoMapping", "unusable_intrinsics"]
+
+# A field of view outside this range is no camera's: a corrupted or uninitialised
+# camera_info (found by benchmarks/fuzz.py: fx 2.6e-181 with fy 5.9e305 passed "> 0",
+# overflowed float32 and made every following frame fail in the cues).
+MIN_FOV_DEG, MAX_FOV_DEG = 1.0, 179.0
+
+
+def unusable_intrinsics(k: list[float], width: int, height: int) -> str | None:
+    """Why ``k`` (3x3 row-major) cannot be this camera's at ``width`` x ``height``:
+    non-finite, a field of view outside 1-179 degrees, or a principal point outside the
+    image; None when it can."""
+    if len(k) != 9 or not all(math.isfinite(v) for v in k):
+        return "k must be 9 finite numbers"
+    fx, fy, cx, cy = k[0], k[4], k[2], k[5]
+    for axis, f, size in (("horizontal", fx, width), ("vertical", fy, height)):
+        fov = 2 * math.degrees(math.atan2(size / 2, f)) if f > 0 else 180.0
+        if not MIN_FOV_DEG <= fov <= MAX_FOV_DEG:
+            return f"fx={fx:g} fy={fy:g} give a {axis} field of view of {fov:.3g} degrees"
+    if not (0 <= cx <= width and 0 <= cy <= height):
+        return f"principal point ({cx:g}, {cy:g}) outside the {width}x{height} image"
+    return None
+
+
+def _warning_key(text: str) -> str:
+    """A problem's text without its numbers and quoted names: warnings are said once per
+    kind of problem, so a stream of ever-different camera_info does not grow the set."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"|[-+]?[\d.]+(?:e[-+]?\d+)?|\[[^\]]*\]", "#", text)
 
 
 class CameraInfoMapping:
@@ -34,7 +63,7 @@ class CameraInfoMapping:
             return rgb
         height, width = rgb.shape[:2]
         for problem in images.check_camera_info(info, width, height, frame_id):
-            self._warn_once(problem, f"camera_info: {problem}")
+            self._warn_once(_warning_key(problem), f"camera_info: {problem}")
         key = (info.width, info.height, tuple(info.k), width, height)
         if key != self._key:
             self._key = key
@@ -45,14 +74,21 @@ class CameraInfoMapping:
 
     def _set_up(self, info: Any, width: int, height: int) -> None:
         runtime = self.runtime
+        k = [float(v) for v in info.k]
+        problem = unusable_intrinsics(k, width, height)
+        if problem is not None:  # the frames go on with the model's own camera
+            if runtime.camera_aware:
+                w, h, intrinsics = runtime.input_camera
+                runtime.set_camera(intrinsics, w, h)
+            self._warn_once(_warning_key(problem), f"camera_info not used: {problem}")
+            return
         if runtime.camera_aware:
             # The network reads the intrinsics (model.json inputs_optional 'camera'):
             # frames of any field of view go in as they are.
-            k = [float(v) for v in info.k]
             try:
                 runtime.set_camera((k[0], k[4], k[2], k[5]), width, height)
             except (ValueError, IndexError) as err:
-                self._warn_once(f"camera {err}", f"camera_info not used: {err}")
+                self._warn_once(_warning_key(str(err)), f"camera_info not used: {err}")
             else:
                 self._log.info(
                     f"camera_info: the model takes this camera as it is (fx {k[0]:.1f}, "
@@ -63,7 +99,7 @@ class CameraInfoMapping:
         try:
             adapter = images.FieldOfViewAdapter.from_camera_info(info, w, h, intrinsics)
         except ValueError as err:  # check_camera_info has said what is wrong
-            self._warn_once(f"adapter {err}", f"camera_info not used: {err}")
+            self._warn_once(_warning_key(str(err)), f"camera_info not used: {err}")
         else:
             if not adapter.is_identity_scale:
                 self._adapter = adapter

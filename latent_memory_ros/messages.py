@@ -165,6 +165,7 @@ def runtime_diagnostics(
         "enabled": str(enabled).lower(),
         **{f"frames_{k}": v for k, v in counters.items() if k not in NOT_FRAME_COUNTERS},
         "odometry_late": counters["odometry_late"],
+        "odometry_rejected": counters["odometry_rejected"],
         "camera_period_s": f"{period:.4g}" if period else "unknown",
         "memory_resets": counters["resets"],
         "jitter_warnings": counters["jitter"],

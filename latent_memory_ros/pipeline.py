@@ -120,7 +120,13 @@ class LocalisationPipeline:
 
     def on_odom(self, msg: Any) -> None:
         stamp, now = stamp_to_ns(msg.header.stamp), time.monotonic()
-        self.localizer.add_odometry(stamp, pose_to_array(msg.pose.pose))
+        refused = self.localizer.add_odometry(stamp, pose_to_array(msg.pose.pose))
+        if refused is not None:
+            self.stats.count("odometry_rejected")
+            self.warnings.warn(
+                "odometry", f"odometry stamped {stamp * 1e-9:.3f} refused: {refused}"
+            )
+            return
         self.odometry_timing.add(stamp, now)
         late = self.stats.odometry_arrived(stamp, int(self.localizer.config.odom_tolerance_s * 1e9))
         self.scheduler.wake()

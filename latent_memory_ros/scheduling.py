@@ -59,13 +59,21 @@ class Counters:
     resets: int = 0
     jitter: int = 0
     odometry_late: int = 0  # samples that came after their frame had run without them
+    odometry_rejected: int = 0  # refused: not finite, absurd, quaternion far from unit
     untrusted: int = 0  # processed with a camera the vision checks did not trust
     queries: int = 0  # answered
     queries_rejected: int = 0
 
 
 # Counters that /diagnostics does not prefix with "frames_".
-NOT_FRAME_COUNTERS = ("resets", "jitter", "odometry_late", "queries", "queries_rejected")
+NOT_FRAME_COUNTERS = (
+    "resets",
+    "jitter",
+    "odometry_late",
+    "odometry_rejected",
+    "queries",
+    "queries_rejected",
+)
 
 
 class StampGaps:

@@ -172,6 +172,22 @@ def test_a_lone_outlier_stamp_is_rejected_and_changes_nothing(
     assert np.linalg.norm(after.pose[:3] - before[-1].pose[:3]) < 0.2
 
 
+def test_two_unrelated_wild_stamps_do_not_confirm_a_jump(localizer: Localizer) -> None:
+    """benchmarks/fuzz.py: a frame stamped 300 s and then one stamped 1,200 s, among good
+    frames at 10,000 s, passed for a bag loop (the second was nearer the first than the
+    old time) and reset memory, pose and path. A confirming frame must follow the first
+    within max_gap_s, as a camera's next frame does."""
+    frames = rgb_frames(5)
+    start = 10_000 * 10**9
+    before = drive(localizer, frames[:2], start_ns=start)
+    for wild in (300 * 10**9, 1_200 * 10**9):
+        with pytest.raises(StampError, match="rejected unless the next frame follows it"):
+            localizer.process(frames[2], wild, False)
+    after = localizer.process(frames[3], start + 2 * STEP_NS, False)
+    assert after.restart is None and localizer.runtime.frames == 3
+    assert np.linalg.norm(after.pose[:3] - before[-1].pose[:3]) < 0.2
+
+
 def test_set_pose_reanchors_the_output(localizer: Localizer) -> None:
     frames = rgb_frames(4)
     drive(localizer, frames[:2])
@@ -336,3 +352,34 @@ def test_a_frozen_camera_does_not_teach_the_drift_filter(runtime, checks: bool) 
         assert drift < 1e-3
     else:
         assert drift > 0.01  # rad/s: what the frozen camera taught it
+
+
+@pytest.mark.parametrize(
+    "pose, why",
+    [
+        ([np.nan, 0, 0, 0, 0, 0, 1.0], "not finite"),
+        ([0, np.inf, 0, 0, 0, 0, 1.0], "not finite"),
+        ([1e300, 0, 0, 0, 0, 0, 1.0], "position beyond 1e+06 m"),
+        ([0, 0, 0, 0, 0, 0, 0.0], "quaternion of length 0"),
+    ],
+)
+def test_odometry_that_would_poison_the_memory_is_refused(
+    localizer: Localizer, pose: list[float], why: str
+) -> None:
+    """benchmarks/fuzz.py found it: one NaN (or 1e300 m) odometry sample next to a frame
+    made the network's state NaN, and every pose after it."""
+    frames = rgb_frames(4)
+    drive(localizer, frames[:2], odom=True)
+    stamp = 10**9 + 2 * STEP_NS
+    assert localizer.add_odometry(stamp, np.array(pose)) == why
+    after = [
+        localizer.process(f, stamp + k * STEP_NS, use_odometry=True)
+        for k, f in enumerate(frames[2:])
+    ]
+    assert all(np.all(np.isfinite(e.pose)) for e in after)
+    assert np.isfinite(localizer.memory_norm)
+
+
+def test_a_quaternion_off_unit_length_is_normalised(localizer: Localizer) -> None:
+    assert localizer.add_odometry(10**9, np.array([0, 0, 0, 0, 0, 0, 1.5])) is None
+    np.testing.assert_array_equal(localizer.odometry_at(10**9), [0, 0, 0, 0, 0, 0, 1.0])

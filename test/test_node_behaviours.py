@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus
-from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
+from geometry_msgs.msg import PoseWithCovariance, PoseWithCovarianceStamped, TransformStamped
 from helpers import (
     CAMERA_FRAME,
     REPO,
@@ -38,6 +38,7 @@ from helpers import (
 )
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
+from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
@@ -158,6 +159,11 @@ def send_rejected_at(harness: Harness, node: NodeProcess, bgr: np.ndarray, stamp
     harness.image_pub.publish(image_msg(bgr, stamp))
     in_log(node, f"skipping frame stamped {format_stamp(stamp)}: stamp")
     assert key(stamp) not in harness.poses
+
+
+def twist_array(odometry: Odometry) -> list[float]:
+    t = odometry.twist.twist
+    return [t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z]
 
 
 def fake_tf_env(extra: dict | None = None) -> dict[str, str]:
@@ -292,6 +298,49 @@ def test_a_camera_that_cannot_be_trusted_is_reported_and_the_odometry_carries_on
     in_log(node, f"camera not trusted ({fault}): tracking UNCERTAIN")
     for _ in range(2):  # the camera is back, the robot stands again
         h.send_frame(frames[0], base_x=0.3)
+    h.wait(lambda: len(statuses) >= 11, "the statuses")
+    assert statuses[-1].message == "OK"
+
+
+def send_turning(h: Harness, bgr: np.ndarray, yaw: float):
+    """One frame with odometry at its stamp: the base standing at heading ``yaw``."""
+    stamp = h.next_stamp()
+    odom = Odometry(header=Header(stamp=stamp, frame_id="odom"), child_frame_id="base_link")
+    odom.pose.pose = pose_to_msg(np.array([0.0, 0.0, 0.0, *geometry.euler_to_quat(0, 0, yaw)]))
+    h.odom_pub.publish(odom)
+    h.image_pub.publish(image_msg(bgr, stamp))
+    h.wait(lambda: key(stamp) in h.poses, f"the pose at yaw {yaw:.2f}")
+    return h.poses[key(stamp)]
+
+
+def test_a_turn_faster_than_the_model_knows_is_uncertain_and_follows_the_odometry(
+    start_node, model_dir: Path, harnesses: list[Harness]
+) -> None:
+    """The "fast" vision fault across processes: the wheels turn 0.3 rad per 0.1 s frame
+    (3 rad/s, twice max_turn_rad_s): UNCERTAIN while the heading follows the odometry,
+    counted and said, and OK once the turn is over."""
+    node, h = start(start_node, model_dir, "lm_vision_fast", tracking_frames=2)
+    statuses = subscribe(h, DiagnosticStatus, "/lm_vision_fast/status")
+    h = connect(h, harnesses)
+    frames = texture_frames(10)
+    for _ in range(3):
+        send_turning(h, frames[0], 0.0)
+    h.wait(lambda: len(statuses) >= 3, "the statuses")
+    assert statuses[-1].message == "OK"
+    for k in range(3, 9):
+        yaw = 0.3 * (k - 2)
+        pose = send_turning(h, frames[k], yaw)
+        wheels = np.array([0.0, 0.0, 0.0, *geometry.euler_to_quat(0, 0, yaw)])
+        off = geometry.relative(wheels, pose_to_array(pose.pose))
+        heading = geometry.quat_to_rotvec(off[3:])
+        assert np.linalg.norm(heading) < 0.05  # the odometry's heading
+    h.wait(lambda: len(statuses) >= 9, "the statuses")
+    assert [s.message for s in statuses[4:9]] == ["UNCERTAIN"] * 5
+    _, values = h.status(lambda v: int(v["frames_untrusted"]) >= 6)
+    assert values["vision_fault"] == "fast" and values["tracking"] == "UNCERTAIN"
+    in_log(node, "camera not trusted (fast): tracking UNCERTAIN")
+    for _ in range(2):  # the turn is over: standing at its heading
+        send_turning(h, frames[0], 1.8)
     h.wait(lambda: len(statuses) >= 11, "the statuses")
     assert statuses[-1].message == "OK"
 
@@ -445,6 +494,73 @@ def test_temporaries_of_killed_saves_are_removed_at_start_up_and_on_save(
     leave_temporary()
     assert call(h, Trigger, "/lm_stale/save_memory", Trigger.Request()).success
     assert [p.name for p in tmp_path.iterdir()] == [snapshot.name]
+
+
+def test_a_restart_from_a_snapshot_reproduces_the_outputs_bit_for_bit(
+    start_node, model_dir: Path, harnesses: list[Harness], tmp_path: Path
+) -> None:
+    """Node A runs 6 frames, saves its memory and loads it back (~/save_memory,
+    ~/load_memory); node B starts from that file (memory_snapshot), as after a crash.
+    Both then get the same 6 frames and odometry: every ~/pose and ~/odometry (pose,
+    twist, covariances) is identical to the bit. A snapshot is not the frame chain: the
+    first frame after loading has no previous image, time step or odometry motion (a
+    snapshot may be loaded long after it was written), so an uninterrupted node C
+    differs from the first frame after the snapshot on; by how much is printed."""
+    snapshot = tmp_path / "memory.npz"
+    frames = texture_frames(12)
+    stamps = [stamp_at(2000.0 + 0.1 * k) for k in range(12)]
+
+    def odometry(h: Harness, k: int) -> None:
+        base = pose_to_msg(np.array([0.03 * k, 0.01 * k, 0, 0, 0, 0, 1.0]))
+        header = Header(stamp=stamps[k], frame_id="odom")
+        h.odom_pub.publish(
+            Odometry(header=header, child_frame_id="base_link", pose=PoseWithCovariance(pose=base))
+        )
+
+    def run(h: Harness, ks: range) -> list[tuple]:
+        # Each frame's odometry goes out a round trip before its image, so that it is
+        # there when the frame runs: whether it is, is the one thing timing decides
+        # (a first version, odometry sent just before each image, failed once: outputs
+        # up to 0.3 m/s apart in the twist).
+        odometry(h, ks[0])
+        out = []
+        for k in ks:
+            h.image_pub.publish(image_msg(frames[k], stamps[k]))
+            h.wait(lambda k=k: key(stamps[k]) in h.poses, f"the pose of frame {k}")
+            if k + 1 in ks:
+                odometry(h, k + 1)
+            pose = h.poses[key(stamps[k])]
+            answer = h.odometry_for(pose)
+            out.append(
+                (
+                    *pose_to_array(pose.pose),
+                    *answer.pose.covariance,
+                    *twist_array(answer),
+                    *answer.twist.covariance,
+                )
+            )
+        return out
+
+    _, a = start(start_node, model_dir, "lm_restart_a", snapshot_path=snapshot)
+    a = connect(a, harnesses)
+    run(a, range(6))
+    assert call(a, Trigger, "/lm_restart_a/save_memory", Trigger.Request()).success
+    assert call(a, Trigger, "/lm_restart_a/load_memory", Trigger.Request()).success
+    after_a = run(a, range(6, 12))
+
+    node_b, b = start(start_node, model_dir, "lm_restart_b", memory_snapshot=snapshot)
+    b = connect(b, harnesses)
+    in_log(node_b, f"memory loaded from {snapshot} (6 frames)")
+    after_b = run(b, range(6, 12))
+    differ = np.argwhere(np.array(after_a) != np.array(after_b))
+    assert len(differ) == 0, (differ.tolist(), after_a, after_b)
+
+    _, c = start(start_node, model_dir, "lm_restart_c")
+    c = connect(c, harnesses)
+    uninterrupted = np.array(run(c, range(12))[6:])
+    gap = np.abs(uninterrupted[:, :3] - np.array(after_b)[:, :3]).max(axis=1)
+    print(f"restart against uninterrupted: position differs by {gap.round(4).tolist()} m")
+    assert gap.max() < 0.3  # the pose carries on from the snapshot
 
 
 # Time ---------------------------------------------------------------------------------
