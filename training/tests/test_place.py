@@ -202,3 +202,28 @@ def test_replaying_revisits_over_a_plain_rollout_is_a_rollout_with_them(place_ex
     assert np.abs(with_revisits - plain).max() > 1e-3  # the revisits did something
     replayed = replay_revisits(model, seq, plain, use_odom=False)
     assert np.abs(replayed - with_revisits).max() < 1e-4
+
+
+def test_the_place_command_adds_a_calibrated_place_memory_to_a_checkpoint(data, tmp_path):
+    """`latent_memory_train place` on tiny runs: everything of the model kept, the place
+    memory trained and calibrated, and the result exports with `seen`."""
+    from latent_memory_training.cli import main
+    from latent_memory_training.training.checkpoint import Checkpoint, load_model, save_checkpoint
+    from latent_memory_training.training.config import TrainConfig
+
+    base = perturbed_model("kinaema")
+    save_checkpoint(tmp_path / "base.pt", base, None, Checkpoint(base.config, TrainConfig()))
+    out = tmp_path / "place.pt"
+    argv = ["place", "--checkpoint", str(tmp_path / "base.pt"), "--data", str(data / "train")]
+    argv += ["--val", str(data / "val"), "--out", str(out), "--slots", "16", "--steps", "5"]
+    assert main([*argv, "--revisit-val", str(data / "val")]) == 0
+    model, saved = load_model(out)
+    assert model.place is not None and model.place.slots == 16
+    kept = base.state_dict()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())
+    measured = saved["history"][-1]["place"]
+    assert 0.0 <= measured["recognition_recall"] <= 1.0
+    assert float(model.place.write_below) == pytest.approx(measured["write_below"])
+    assert len(measured["revisits"]["trials"]) == 2 * 7  # none + the grid, per mode
+    meta = json.loads((export_model(model, tmp_path / "m", "m") / "model.json").read_text())
+    assert meta["query"]["outputs"][-1] == "seen"
