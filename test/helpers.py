@@ -105,6 +105,7 @@ IMAGE_TOPIC = "/latent_memory_test/image"
 ODOM_TOPIC = "/latent_memory_test/odom"
 CAMERA_FRAME = "test_camera_optical"
 TIMEOUT_S = 20.0
+ODOMETRY_LEAD_S = 0.005  # odometry published this long before its image (send_frame)
 RELIABLE = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
 
 
@@ -224,6 +225,10 @@ class Harness:
         stamp = self.next_stamp()
         if base_x is not None:
             self.send_odometry(stamp, base_x)
+            # Two topics are not ordered with each other on the wire: a moment for the
+            # odometry to arrive first, as it would from a driver publishing it all along
+            # (otherwise the frame may take the previous sample, 0.1 s away, as its own).
+            time.sleep(ODOMETRY_LEAD_S)
         self.image_pub.publish(image_msg(bgr, stamp))
         self.sent_good += 1
         self.wait(lambda: key(stamp) in self.poses, f"the pose for the frame stamped {key(stamp)}")
