@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,6 +60,18 @@ def start_node(name: str, params: Sequence[str]) -> tuple[subprocess.Popen, str]
         command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO
     )
     return process, log.name
+
+
+def spin_until(node, condition, timeout: float, period: float = 0.002) -> bool:
+    """Spin ``node`` until ``condition()`` holds (True) or ``timeout`` s pass (False)."""
+    import rclpy
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        rclpy.spin_once(node, timeout_sec=period)
+    return True
 
 
 def stop_node(process: subprocess.Popen) -> int | None:

@@ -46,6 +46,7 @@ from common import (
     texture,
     write_json,
 )
+from common import spin_until as common_spin_until
 
 WIDTH, HEIGHT = 96, 72
 U32 = 2**32 - 1
@@ -300,12 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable)
 
     def spin_until(condition, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                return False
-            rclpy.spin_once(node, timeout_sec=0.005)
-        return True
+        return common_spin_until(node, condition, timeout, 0.005)
 
     def alive() -> bool:
         return all(n["process"].poll() is None for n in nodes.values())

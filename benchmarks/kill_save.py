@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from common import REPO, crop, isolate_dds, start_node, stop_node, texture, write_json
+from common import spin_until as common_spin_until
 
 IMAGE_TOPIC = "/kill_save/image_raw"
 WIDTH, HEIGHT = 96, 72
@@ -80,12 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     tex = texture(WIDTH, HEIGHT)
 
     def spin_until(condition, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                return False
-            rclpy.spin_once(node, timeout_sec=0.002)
-        return True
+        return common_spin_until(node, condition, timeout, 0.002)
 
     def started(process, log: str) -> bool:
         """The node says it listens (the previous, killed node's endpoints linger in

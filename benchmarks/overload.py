@@ -37,6 +37,7 @@ from common import (
     texture,
     write_json,
 )
+from common import spin_until as common_spin_until
 
 NAME = "overload_node"
 IMAGE_TOPIC = "/overload/image_raw"
@@ -96,12 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable)
 
     def spin_until(condition, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                return False
-            rclpy.spin_once(node, timeout_sec=0.002)
-        return True
+        return common_spin_until(node, condition, timeout, 0.002)
 
     tex = texture(width, height)
     frame_index = [0]

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from common import REPO, crop, isolate_dds, percentiles, rss_mb, stop_node, texture, write_json
+from common import spin_until as common_spin_until
 
 NAME = "soak_node"
 IMAGE_TOPIC = "/soak/image_raw"
@@ -227,12 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     def spin_until(condition, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                return False
-            rclpy.spin_once(node, timeout_sec=0.002)
-        return True
+        return common_spin_until(node, condition, timeout, 0.002)
 
     try:
         if not spin_until(
