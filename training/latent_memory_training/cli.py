@@ -488,9 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     place.add_argument("--checkpoint", type=Path, required=True, help="the model to extend")
     place.add_argument(
-        "--data", type=Path, nargs="+", required=True, help="training runs (any format)"
+        "--data",
+        type=Path,
+        nargs="+",
+        help="training runs (any format; omit with --val to keep the trained place memory)",
     )
-    place.add_argument("--val", type=Path, required=True, help="validation runs: calibration")
+    place.add_argument(
+        "--val", type=Path, help="validation runs: calibration (omit with --data to keep it)"
+    )
     place.add_argument(
         "--revisit-val",
         type=Path,

@@ -19,7 +19,7 @@ from latent_memory_training.data.prepare import PreparedSequence
 from latent_memory_training.export.onnx_export import export_model, reference_camera
 from latent_memory_training.models.place import FREE, PlaceMemory, place_contrastive_loss
 from latent_memory_training.models.so3 import relative
-from latent_memory_training.training.place import replay_revisits
+from latent_memory_training.training.place import REVISIT_GRID, describe_run, replay_revisits
 from latent_memory_training.training.rollout import rollout_runs
 
 SLOTS, DIM = 4, 8
@@ -84,6 +84,37 @@ def test_a_revisit_pulls_the_pose_towards_an_old_place_and_only_an_old_one():
     # With odometry its own gain applies (0 here: left alone); an unlike view: no pull.
     assert torch.allclose(place.revisit(state, _unit(0), drifted, odom), drifted)
     assert torch.allclose(place.revisit(state, _unit(3), drifted, no_odom), drifted)
+
+
+def test_a_revisit_to_a_place_that_looks_like_another_far_away_is_not_taken():
+    """The ratio test: two slots 3 m apart both like the view; with a margin the
+    ambiguous revisit is refused, a clear one is still taken."""
+    place = PlaceMemory(token_dim=16, grid=2, slots=SLOTS, dim=DIM)
+    place.loop_min_age.fill_(0.0)
+    place.loop_gain.fill_(0.5)
+    place.loop_above.fill_(0.5)
+    place.loop_margin.fill_(0.05)
+    place.write_below.fill_(0.9999)  # the twin is a slot of its own
+    twin = torch.nn.functional.normalize(_unit(0) + 0.05 * _unit(1), dim=-1)
+    state = place.write(place.initial_state(1), _unit(0), _pose(0.0))
+    state = place.write(state, twin, _pose(3.0))
+    state["place_age"].fill_(50.0)
+    no_odom = torch.zeros(1, 1)
+    assert torch.equal(place.revisit(state, _unit(0), _pose(1.0), no_odom), _pose(1.0))
+    place.loop_margin.zero_()
+    assert torch.allclose(place.revisit(state, _unit(0), _pose(1.0), no_odom), _pose(0.5))
+    # A lookalike near the best slot is the same place, not a rival.
+    place.loop_margin.fill_(0.05)
+    state["place_poses"][0, 1, 0] = 0.5
+    assert torch.allclose(place.revisit(state, _unit(0), _pose(1.0), no_odom), _pose(0.5))
+
+
+def test_a_checkpoint_from_before_the_revisit_margin_loads_without_one():
+    place = PlaceMemory(token_dim=16, grid=2, slots=SLOTS, dim=DIM)
+    old = {k: v for k, v in place.state_dict().items() if k not in ("loop_margin", "loop_far")}
+    fresh = PlaceMemory(token_dim=16, grid=2, slots=SLOTS, dim=DIM)
+    fresh.load_state_dict(old)  # strict
+    assert (fresh.loop_margin == 0).all()
 
 
 def test_the_contrastive_loss_prefers_descriptors_that_group_views_of_one_place():
@@ -200,7 +231,7 @@ def test_replaying_revisits_over_a_plain_rollout_is_a_rollout_with_them(place_ex
     plain = rollout_runs(model, [seq], use_odom=False)[0]
     model.place.loop_gain.copy_(gain)
     assert np.abs(with_revisits - plain).max() > 1e-3  # the revisits did something
-    replayed = replay_revisits(model, seq, plain, use_odom=False)
+    replayed = replay_revisits(model, describe_run(model, seq), plain, use_odom=False)
     assert np.abs(replayed - with_revisits).max() < 1e-4
 
 
@@ -224,6 +255,33 @@ def test_the_place_command_adds_a_calibrated_place_memory_to_a_checkpoint(data, 
     measured = saved["history"][-1]["place"]
     assert 0.0 <= measured["recognition_recall"] <= 1.0
     assert float(model.place.write_below) == pytest.approx(measured["write_below"])
-    assert len(measured["revisits"]["trials"]) == 2 * 7  # none + the grid, per mode
+    assert len(measured["revisits"]["trials"]) == 2 * (1 + len(REVISIT_GRID))  # none + grid
     meta = json.loads((export_model(model, tmp_path / "m", "m") / "model.json").read_text())
     assert meta["query"]["outputs"][-1] == "seen"
+
+
+def test_the_place_command_can_choose_revisits_alone_keeping_the_place_memory(data, tmp_path):
+    """Without --data and --val only the revisits are chosen; everything else is kept."""
+    from latent_memory_training.cli import main
+    from latent_memory_training.training.checkpoint import Checkpoint, load_model, save_checkpoint
+    from latent_memory_training.training.config import TrainConfig
+
+    base = perturbed_model("kinaema")
+    base.config.place_slots = 16
+    torch.manual_seed(2)
+    model = type(base)(base.config)
+    model.load_state_dict(base.state_dict(), strict=False)
+    model.place.write_below.fill_(0.7)
+    save_checkpoint(tmp_path / "p.pt", model, None, Checkpoint(model.config, TrainConfig()))
+    argv = ["place", "--checkpoint", str(tmp_path / "p.pt"), "--out", str(tmp_path / "r.pt")]
+    with pytest.raises(SystemExit, match="nothing to do"):
+        main(argv)
+    with pytest.raises(SystemExit, match="together"):
+        main([*argv, "--data", str(data / "train")])
+    assert main([*argv, "--revisit-val", str(data / "val")]) == 0
+    chosen, saved = load_model(tmp_path / "r.pt")
+    revisit_buffers = {"place.loop_above", "place.loop_gain", "place.loop_margin"}
+    for k, v in model.state_dict().items():
+        if k not in revisit_buffers | {"place.loop_min_age"}:
+            assert torch.equal(chosen.state_dict()[k], v), k
+    assert set(saved["history"][-1]["place"]) == {"revisits"}

@@ -32,6 +32,7 @@ from latent_memory_training.models import so3
 State = dict[str, torch.Tensor]
 FREE = -1.0  # place_age of a slot never written
 PER_TOKEN = 8  # features kept of each image token
+ADDED_BUFFERS = ("loop_margin", "loop_far")  # filled with their defaults if a checkpoint lacks them
 
 
 class PlaceMemory(nn.Module):
@@ -54,6 +55,17 @@ class PlaceMemory(nn.Module):
         self.register_buffer("loop_min_age", torch.tensor(150.0))
         self.register_buffer("loop_above", torch.tensor([0.95, 0.95]))  # odometry, images
         self.register_buffer("loop_gain", torch.tensor([0.0, 0.0]))
+        # Perceptual aliasing (two places that look alike) is what makes a revisit wrong:
+        # as in Lowe's ratio test, a revisit needs the best slot to beat every slot whose
+        # pose is at least loop_far metres from it by loop_margin in cosine (per mode).
+        self.register_buffer("loop_margin", torch.tensor([0.0, 0.0]))
+        self.register_buffer("loop_far", torch.tensor(1.0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the revisit margin existed revisit without one.
+        for name in ADDED_BUFFERS:
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -86,16 +98,20 @@ class PlaceMemory(nn.Module):
     ) -> torch.Tensor:
         """The pose after a revisit: where this view is very like a slot written or seen
         at least ``loop_min_age`` frames ago, part of the way to that slot's pose (the
-        drift accumulated since). ``odom_valid`` ``[B, 1]`` picks the mode's gain."""
+        drift accumulated since), unless a slot far from it is nearly as alike.
+        ``odom_valid`` ``[B, 1]`` picks the mode's threshold, margin and gain."""
         sims = self.similarity(state, descriptor)
         best, match = sims.max(dim=1)
         pick = nn.functional.one_hot(match, self.slots).to(pose.dtype)
         age = (state["place_age"] * pick).sum(dim=1)
+        place = (state["place_poses"] * pick[..., None]).sum(dim=1)
+        far = (state["place_poses"][..., :3] - place[:, None, :3]).norm(dim=-1) >= self.loop_far
+        rival = torch.where(far, sims, torch.full_like(sims, -2.0)).max(dim=1).values
         mode = torch.cat([odom_valid, 1 - odom_valid], dim=1)  # [B, 2]: which one applies
         above = (mode * self.loop_above).sum(dim=1)
-        loop = ((best > above) & (age >= self.loop_min_age)).to(pose.dtype)[:, None]
+        distinct = best - rival >= (mode * self.loop_margin).sum(dim=1)
+        loop = ((best > above) & (age >= self.loop_min_age) & distinct).to(pose.dtype)[:, None]
         gain = loop * (mode * self.loop_gain).sum(dim=1, keepdim=True)
-        place = (state["place_poses"] * pick[..., None]).sum(dim=1)
         delta = so3.relative(pose, place)
         step = so3.motion_to_pose(so3.quat_to_rotvec(delta[:, 3:]) * gain, delta[:, :3] * gain)
         return so3.compose(pose, step)

@@ -48,9 +48,19 @@ ENCODE_CHUNK = 256
 # (600 frames) may fill, so that runs three times as long still fit.
 WRITE_THRESHOLDS = (0.7, 0.8, 0.85, 0.9, 0.95)
 MAX_SLOT_SHARE = 0.4
-# Revisits, chosen per mode on long validation runs: (loop_above, loop_gain) pairs tried.
-REVISIT_GRID = tuple((above, gain) for above in (0.9, 0.95) for gain in (0.05, 0.1, 0.3))
+# Revisits, chosen per mode on long validation runs: the (loop_above, loop_gain,
+# loop_margin) settings tried (a gain of 0.05 or 0.6 was never the best, nor a gain of
+# 0.3 with odometry, on the first 4 long validation runs; docs/benchmarks.md), and how
+# much worse than without revisits a setting may make any one run.
+REVISIT_GRID = (
+    (0.90, 0.1, 0.0),
+    (0.95, 0.1, 0.0),
+    (0.90, 0.1, 0.05),
+    (0.95, 0.1, 0.05),
+    (0.95, 0.3, 0.05),
+)
 REVISIT_MIN_AGE = 150
+REVISIT_SAFE_RATIO = 1.05
 
 
 @torch.no_grad()
@@ -261,22 +271,30 @@ def calibrate(
 
 
 @torch.no_grad()
-def replay_revisits(
-    model: LocalisationModel, seq: PreparedSequence, poses: np.ndarray, use_odom: bool
-) -> np.ndarray:
-    """A run's poses with the place memory's revisits as its buffers say, from the poses
-    ``poses`` the model gave without them: the per-frame motion does not depend on the
-    pose (the cell never sees it), so re-integrating it with the revisits' pulls is
-    exactly what a rollout with them gives, at the cost of the place memory alone."""
-    place = model.place
+def describe_run(model: LocalisationModel, seq: PreparedSequence) -> torch.Tensor:
+    """The place memory's descriptor of every frame of a prepared run ``[n, D]``."""
     images = torch.from_numpy(seq.images)
     camera = torch.from_numpy(seq.camera.astype(np.float32))[None]
-    descriptors = torch.cat(
+    return torch.cat(
         [
-            place.describe(model.encoder(normalise(images[i : i + ENCODE_CHUNK][None])[0], camera))
+            model.place.describe(
+                model.encoder(normalise(images[i : i + ENCODE_CHUNK][None])[0], camera)
+            )
             for i in range(0, len(images), ENCODE_CHUNK)
         ]
     )
+
+
+@torch.no_grad()
+def replay_revisits(
+    model: LocalisationModel, descriptors: torch.Tensor, poses: np.ndarray, use_odom: bool
+) -> np.ndarray:
+    """A run's poses with the place memory's revisits as its buffers say, from the poses
+    ``poses`` the model gave without them and the run's ``descriptors``
+    (:func:`describe_run`): the per-frame motion does not depend on the pose (the cell
+    never sees it), so re-integrating it with the revisits' pulls is exactly what a
+    rollout with them gives, at the cost of the place memory alone."""
+    place = model.place
     motion = torch.from_numpy(geometry.relative(poses[:-1], poses[1:]).astype(np.float32))
     valid = torch.full((1, 1), float(use_odom))
     state = place.initial_state(1)
@@ -300,65 +318,88 @@ def _ates(seqs: list[PreparedSequence], estimates: list[np.ndarray]) -> list[flo
 
 
 def choose_revisits(model: LocalisationModel, seqs: list[PreparedSequence]) -> dict:
-    """Per mode, the revisit threshold and gain of :data:`REVISIT_GRID` with the lowest
-    mean ATE on ``seqs`` (long validation runs with revisits), or none (gain 0) when
-    none beats the model without them. Sets the buffers; returns the trials."""
+    """Per mode, the revisit setting of :data:`REVISIT_GRID` with the lowest mean ATE on
+    ``seqs`` (long validation runs with revisits) among those that make no run more than
+    :data:`REVISIT_SAFE_RATIO` times worse than the model without revisits, or none
+    (gain 0) when none is both safe and better. Sets the buffers; returns the trials."""
     place = model.place
     place.loop_min_age.fill_(REVISIT_MIN_AGE)
+    descriptors = [describe_run(model, s) for s in seqs]
     chosen, trials = [], []
     for mode, use_odom in enumerate((True, False)):
         place.loop_gain.zero_()
         plain = rollout_runs(model, seqs, use_odom)
-        best = (float(np.mean(_ates(seqs, list(plain)))), 0.95, 0.0)
+        without = _ates(seqs, list(plain))
+        best = (float(np.mean(without)), (0.95, 0.0, 0.0))
         trials.append({"odometry": use_odom, "loop_gain": 0.0, "ate_m": best[0]})
-        for above, gain in REVISIT_GRID:
-            place.loop_above[mode] = above
-            place.loop_gain[mode] = gain
+        for setting in REVISIT_GRID:
+            place.loop_above[mode], place.loop_gain[mode], place.loop_margin[mode] = setting
             ates = _ates(
                 seqs,
-                [replay_revisits(model, s, p, use_odom) for s, p in zip(seqs, plain, strict=True)],
+                [
+                    replay_revisits(model, d, p, use_odom)
+                    for d, p in zip(descriptors, plain, strict=True)
+                ],
             )
+            worst = max(a / w for a, w in zip(ates, without, strict=True))
             trials.append(
                 {
                     "odometry": use_odom,
-                    "loop_above": above,
-                    "loop_gain": gain,
+                    "loop_above": setting[0],
+                    "loop_gain": setting[1],
+                    "loop_margin": setting[2],
                     "ate_m": float(np.mean(ates)),
+                    "worst_ratio_to_without": worst,
                     "per_run_ate_m": ates,
                 }
             )
-            if np.mean(ates) < best[0]:
-                best = (float(np.mean(ates)), above, gain)
-        chosen.append(best)
+            if worst <= REVISIT_SAFE_RATIO and np.mean(ates) < best[0]:
+                best = (float(np.mean(ates)), setting)
+        chosen.append(best[1])
         place.loop_gain.zero_()
-    place.loop_above.copy_(torch.tensor([c[1] for c in chosen]))
-    place.loop_gain.copy_(torch.tensor([c[2] for c in chosen]))
+    for i, name in enumerate(("loop_above", "loop_gain", "loop_margin")):
+        getattr(place, name).copy_(torch.tensor([c[i] for c in chosen]))
     return {
         "loop_min_age": REVISIT_MIN_AGE,
         "loop_above": place.loop_above.tolist(),
         "loop_gain": place.loop_gain.tolist(),
+        "loop_margin": place.loop_margin.tolist(),
+        "loop_far_m": float(place.loop_far),
+        "runs": len(seqs),
         "trials": trials,
     }
 
 
 def run(args) -> int:
     """``latent_memory_train place``: add a trained, calibrated place memory to a
-    checkpoint (everything else kept) and write the result as a new checkpoint."""
+    checkpoint (everything else kept) and write the result as a new checkpoint. Without
+    ``--data`` and ``--val`` the checkpoint's place memory is kept as it is and only the
+    revisits are chosen again (``--revisit-val``)."""
+    if (args.data is None) != (args.val is None):
+        raise SystemExit("place: give --data and --val together (or neither, with --revisit-val)")
+    retrain = args.data is not None
+    if not retrain and args.revisit_val is None:
+        raise SystemExit("place: without --data and --val there is nothing to do but --revisit-val")
     data = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    config = ModelConfig(**{**data["model_config"], "place_slots": args.slots})
-    config.place_dim = args.dim
+    config = ModelConfig(**data["model_config"])
+    if retrain:
+        config.place_slots, config.place_dim = args.slots, args.dim
+    elif not config.place_slots:
+        raise SystemExit(f"place: {args.checkpoint} has no place memory to choose revisits for")
     model = LocalisationModel(config)
-    missing = model.load_state_dict(data["model"], strict=False).missing_keys
+    missing = model.load_state_dict(data["model"], strict=not retrain).missing_keys
     unexpected = [k for k in missing if not k.startswith("place.")]
     if unexpected:
         raise ValueError(f"{args.checkpoint} does not fit the model: {unexpected[:8]} missing")
     torch.set_num_threads(args.threads)
     model.eval().requires_grad_(False)
-    model.place.requires_grad_(True)
-    train = [views_of(model, s.path, args.every) for s in find_sources(args.data)]
-    val = [views_of(model, s.path) for s in find_sources([args.val])]
-    history = train_descriptors(model, train, args.steps, seed=args.seed)
-    measured = calibrate(model, val)
+    measured: dict = {}
+    if retrain:
+        model.place.requires_grad_(True)
+        train = [views_of(model, s.path, args.every) for s in find_sources(args.data)]
+        val = [views_of(model, s.path) for s in find_sources([args.val])]
+        measured["history"] = train_descriptors(model, train, args.steps, seed=args.seed)
+        measured |= calibrate(model, val)
     if args.revisit_val is not None:
         long_runs = load_prepared(
             find_sources([args.revisit_val]), model.config.image_width, model.config.image_height
@@ -366,9 +407,12 @@ def run(args) -> int:
         measured["revisits"] = choose_revisits(model, long_runs)
     model.requires_grad_(True)
     ckpt = Checkpoint(config, TrainConfig(**data["train_config"]), step=data["step"])
-    ckpt.history = [*data["history"], {"place": {"history": history, **measured}}]
+    ckpt.history = [*data["history"], {"place": measured}]
     save_checkpoint(args.out, model, None, ckpt)
-    print(json.dumps({k: v for k, v in measured.items() if k != "trials"}, indent=1))
-    for t in measured["trials"]:
+    trials = [*measured.get("trials", []), *measured.get("revisits", {}).get("trials", [])]
+    summary = {k: v for k, v in measured.items() if k not in ("trials", "history")}
+    summary.get("revisits", {}).pop("trials", None)
+    print(json.dumps(summary, indent=1))
+    for t in trials:
         print(json.dumps(t))
     return 0
