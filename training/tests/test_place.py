@@ -17,7 +17,12 @@ from latent_memory_ros.model_format import ODOM_NONE
 from latent_memory_ros.runtime import StudentRuntime
 from latent_memory_training.data.prepare import PreparedSequence
 from latent_memory_training.export.onnx_export import export_model, reference_camera
-from latent_memory_training.models.place import FREE, PlaceMemory, place_contrastive_loss
+from latent_memory_training.models.place import (
+    ADDED_BUFFERS,
+    FREE,
+    PlaceMemory,
+    place_contrastive_loss,
+)
 from latent_memory_training.models.so3 import relative
 from latent_memory_training.training.place import REVISIT_GRID, describe_run, replay_revisits
 from latent_memory_training.training.rollout import rollout_runs
@@ -111,7 +116,7 @@ def test_a_revisit_to_a_place_that_looks_like_another_far_away_is_not_taken():
 
 def test_a_checkpoint_from_before_the_revisit_margin_loads_without_one():
     place = PlaceMemory(token_dim=16, grid=2, slots=SLOTS, dim=DIM)
-    old = {k: v for k, v in place.state_dict().items() if k not in ("loop_margin", "loop_far")}
+    old = {k: v for k, v in place.state_dict().items() if k not in ADDED_BUFFERS}
     fresh = PlaceMemory(token_dim=16, grid=2, slots=SLOTS, dim=DIM)
     fresh.load_state_dict(old)  # strict
     assert (fresh.loop_margin == 0).all()

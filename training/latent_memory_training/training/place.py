@@ -59,6 +59,7 @@ REVISIT_GRID = (
     (0.95, 0.1, 0.05),
     (0.95, 0.3, 0.05),
 )
+REVISIT_BUFFERS = ("loop_above", "loop_gain", "loop_margin")  # the order of a setting
 REVISIT_MIN_AGE = 150
 REVISIT_SAFE_RATIO = 1.05
 
@@ -270,19 +271,10 @@ def calibrate(
     }
 
 
-@torch.no_grad()
 def describe_run(model: LocalisationModel, seq: PreparedSequence) -> torch.Tensor:
     """The place memory's descriptor of every frame of a prepared run ``[n, D]``."""
-    images = torch.from_numpy(seq.images)
-    camera = torch.from_numpy(seq.camera.astype(np.float32))[None]
-    return torch.cat(
-        [
-            model.place.describe(
-                model.encoder(normalise(images[i : i + ENCODE_CHUNK][None])[0], camera)
-            )
-            for i in range(0, len(images), ENCODE_CHUNK)
-        ]
-    )
+    with torch.no_grad():
+        return model.place.describe(encode(model, seq.images, seq.camera))
 
 
 @torch.no_grad()
@@ -336,7 +328,9 @@ def choose_revisits(model: LocalisationModel, seqs: list[PreparedSequence]) -> d
         best = (float(np.mean(without)), (0.95, 0.0, 0.0))
         trials.append({"odometry": use_odom, "loop_gain": 0.0, "ate_m": best[0]})
         for setting in REVISIT_GRID:
-            place.loop_above[mode], place.loop_gain[mode], place.loop_margin[mode] = setting
+            named = dict(zip(REVISIT_BUFFERS, setting, strict=True))
+            for name, value in named.items():
+                getattr(place, name)[mode] = value
             ates = _ates(
                 seqs,
                 [
@@ -348,9 +342,7 @@ def choose_revisits(model: LocalisationModel, seqs: list[PreparedSequence]) -> d
             trials.append(
                 {
                     "odometry": use_odom,
-                    "loop_above": setting[0],
-                    "loop_gain": setting[1],
-                    "loop_margin": setting[2],
+                    **named,
                     "ate_m": float(np.mean(ates)),
                     "worst_ratio_to_without": worst,
                     "per_run_ate_m": ates,
@@ -360,13 +352,11 @@ def choose_revisits(model: LocalisationModel, seqs: list[PreparedSequence]) -> d
                 best = (float(np.mean(ates)), setting)
         chosen.append(best[1])
         place.loop_gain.zero_()
-    for i, name in enumerate(("loop_above", "loop_gain", "loop_margin")):
-        getattr(place, name).copy_(torch.tensor([c[i] for c in chosen]))
+    for name, column in zip(REVISIT_BUFFERS, zip(*chosen, strict=True), strict=True):
+        getattr(place, name).copy_(torch.tensor(column))
     return {
         "loop_min_age": REVISIT_MIN_AGE,
-        "loop_above": place.loop_above.tolist(),
-        "loop_gain": place.loop_gain.tolist(),
-        "loop_margin": place.loop_margin.tolist(),
+        **{name: getattr(place, name).tolist() for name in REVISIT_BUFFERS},
         "loop_far_m": float(place.loop_far),
         "runs": len(seqs),
         "trials": trials,
@@ -412,10 +402,11 @@ def run(args) -> int:
     ckpt = Checkpoint(config, TrainConfig(**data["train_config"]), step=data["step"])
     ckpt.history = [*data["history"], {"place": measured}]
     save_checkpoint(args.out, model, None, ckpt)
-    trials = [*measured.get("trials", []), *measured.get("revisits", {}).get("trials", [])]
-    summary = {k: v for k, v in measured.items() if k not in ("trials", "history")}
-    summary.get("revisits", {}).pop("trials", None)
+    revisits = measured.get("revisits", {})
+    summary = {k: v for k, v in measured.items() if k not in ("trials", "history", "revisits")}
+    if revisits:
+        summary["revisits"] = {k: v for k, v in revisits.items() if k != "trials"}
     print(json.dumps(summary, indent=1))
-    for t in trials:
+    for t in [*measured.get("trials", []), *revisits.get("trials", [])]:
         print(json.dumps(t))
     return 0
