@@ -499,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     place.add_argument(
         "--revisit-val",
         type=Path,
-        help="long validation runs with revisits: choose how revisits pull the pose",
+        nargs="+",
+        help="long validation runs (folders) with revisits: choose how revisits pull the pose",
     )
     place.add_argument("--out", type=Path, required=True, help="the new checkpoint (.pt)")
     place.add_argument("--slots", type=int, default=128, help="place slots in the memory")

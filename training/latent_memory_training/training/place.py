@@ -49,19 +49,22 @@ ENCODE_CHUNK = 256
 WRITE_THRESHOLDS = (0.7, 0.8, 0.85, 0.9, 0.95)
 MAX_SLOT_SHARE = 0.4
 # Revisits, chosen per mode on long validation runs: the (loop_above, loop_gain,
-# loop_margin) settings tried (a gain of 0.05 or 0.6 was never the best, nor a gain of
-# 0.3 with odometry, on the first 4 long validation runs; docs/benchmarks.md), and how
-# much worse than without revisits a setting may make any one run.
+# loop_margin) settings tried (a gain of 0.6 was never the best, nor a gain of 0.3 with
+# odometry, on the first 4 long validation runs; docs/benchmarks.md), and how much worse
+# than without revisits a setting may make any one run with odometry: none. A margin of
+# 5 % (1.05) let through a setting 1.03x on the worst of 20 validation runs that was 1.45x
+# its odometry on an unseen run; the lower gain is 0.87x on the worst of 40.
 REVISIT_GRID = (
     (0.90, 0.1, 0.0),
     (0.95, 0.1, 0.0),
     (0.90, 0.1, 0.05),
     (0.95, 0.1, 0.05),
     (0.95, 0.3, 0.05),
+    (0.95, 0.05, 0.05),
 )
 REVISIT_BUFFERS = ("loop_above", "loop_gain", "loop_margin")  # the order of a setting
 REVISIT_MIN_AGE = 150
-REVISIT_SAFE_RATIO = 1.05
+REVISIT_SAFE_RATIO = 1.0
 
 
 @torch.no_grad()
@@ -312,10 +315,9 @@ def _ates(seqs: list[PreparedSequence], estimates: list[np.ndarray]) -> list[flo
 def choose_revisits(model: LocalisationModel, seqs: list[PreparedSequence]) -> dict:
     """Per mode, the revisit setting of :data:`REVISIT_GRID` with the lowest mean ATE on
     ``seqs`` (long validation runs with revisits), or none (gain 0) when none is better.
-    With odometry a setting must also make no run more than :data:`REVISIT_SAFE_RATIO`
-    times worse than the model without revisits (which is never much worse than the
-    odometry): on 20 long validation runs the best setting without a margin made one run
-    4.5 times worse. Images only there is no odometry to stay close to, and every
+    With odometry a setting must also make no run worse than the model without revisits
+    (:data:`REVISIT_SAFE_RATIO`; that model is never much worse than the odometry): on 20
+    long validation runs the best setting without a margin made one run 4.5 times worse. Images only there is no odometry to stay close to, and every
     setting helps on average (docs/benchmarks.md). Sets the buffers; returns the trials."""
     place = model.place
     place.loop_min_age.fill_(REVISIT_MIN_AGE)
@@ -395,7 +397,7 @@ def run(args) -> int:
         measured |= calibrate(model, val)
     if args.revisit_val is not None:
         long_runs = load_prepared(
-            find_sources([args.revisit_val]), model.config.image_width, model.config.image_height
+            find_sources(args.revisit_val), model.config.image_width, model.config.image_height
         )
         measured["revisits"] = choose_revisits(model, long_runs)
     model.requires_grad_(True)
