@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from latent_memory_ros import geometry
+from latent_memory_ros.atomic import atomic_path
 from latent_memory_ros.evaluation import odometry_camera_poses, trajectory_metrics
 from latent_memory_ros.health import VisionFault
 from latent_memory_ros.localizer import Localizer, LocalizerConfig, TrackingState
@@ -227,9 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     rows.sort(key=lambda r: (r["case"], r["run"]))
     result = {"model": str(args.model), "summary": summarise(rows), "runs": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
     for case, s in result["summary"].items():
         print(
             f"{case:8s} ratio mean {s['ratio_mean']:.2f} worst {s['ratio_worst']:.2f} "

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from latent_memory_ros.atomic import atomic_path
+
 FORMAT = "latent-memory-model/1"
 STEP_FILE = "step.onnx"
 QUERY_FILE = "query.onnx"
@@ -250,9 +252,8 @@ def write_metadata(directory: Path, metadata: dict) -> None:
     directory = Path(directory)
     metadata = dict(metadata, format=FORMAT)
     metadata["sha256"] = {p.name: file_sha256(p) for p in sorted(directory.glob("*.onnx"))}
-    tmp = directory / (METADATA_FILE + ".tmp")
-    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
-    tmp.replace(directory / METADATA_FILE)
+    with atomic_path(directory / METADATA_FILE) as tmp:
+        tmp.write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
 
 
 def default_model_dir() -> Path:

@@ -45,6 +45,7 @@ from rclpy.serialization import deserialize_message
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
+from latent_memory_ros.atomic import atomic_path
 from latent_memory_ros.conversions import stamp_to_ns
 
 DEFAULT_ACK_TOPIC = "/latent_memory_node/pose"
@@ -110,9 +111,8 @@ def use_large_message_transport() -> Path | None:
         return None
     path = Path(tempfile.gettempdir()) / f"latent_memory_fastdds_{os.getuid()}.xml"
     if not path.is_file() or path.read_text() != FASTDDS_LARGE_MESSAGES:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(FASTDDS_LARGE_MESSAGES)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(FASTDDS_LARGE_MESSAGES)
     os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(path)
     return path
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from latent_memory_ros.atomic import atomic_path
+
 
 @dataclass
 class Sequence:
@@ -39,20 +41,19 @@ class Sequence:
 
     def save(self, path: Path) -> None:
         path = Path(path)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(
-            tmp,
-            images=self.images,
-            stamps=self.stamps,
-            gt_camera=self.gt_camera,
-            odom_base=self.odom_base,
-            base_to_camera=self.base_to_camera,
-            intrinsics=self.intrinsics,
-            odom_scale=np.float64(self.odom_scale),
-            yaw_bias=self.yaw_bias if self.yaw_bias is not None else np.zeros(len(self)),
-            meta=np.array(json.dumps({"name": self.name, **self.meta})),
-        )
-        tmp.replace(path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                images=self.images,
+                stamps=self.stamps,
+                gt_camera=self.gt_camera,
+                odom_base=self.odom_base,
+                base_to_camera=self.base_to_camera,
+                intrinsics=self.intrinsics,
+                odom_scale=np.float64(self.odom_scale),
+                yaw_bias=self.yaw_bias if self.yaw_bias is not None else np.zeros(len(self)),
+                meta=np.array(json.dumps({"name": self.name, **self.meta})),
+            )
 
     @classmethod
     def load(cls, path: Path) -> Sequence:

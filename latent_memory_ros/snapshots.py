@@ -6,12 +6,12 @@ model. :class:`~latent_memory_ros.localizer.Localizer` says what goes in."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from latent_memory_ros.atomic import atomic_path, temporary_prefix
 
 __all__ = [
     "SNAPSHOT_FORMAT",
@@ -28,11 +28,6 @@ class SnapshotError(RuntimeError):
     """A memory snapshot that cannot be written or used; the message says why."""
 
 
-def _temporary_prefix(path: Path) -> str:
-    """What :meth:`Localizer.save_snapshot`'s temporary files beside ``path`` start with."""
-    return f".{path.name}."
-
-
 def remove_stale_temporaries(path: Path | str) -> list[Path]:
     """Delete the temporary files of saves to ``path`` that were killed between writing
     and renaming them; returns the ones deleted. A save in progress in another process
@@ -40,7 +35,7 @@ def remove_stale_temporaries(path: Path | str) -> list[Path]:
     broken snapshot, since only the rename publishes one."""
     path = Path(path).expanduser()
     removed = []
-    for stale in path.parent.glob(_temporary_prefix(path) + "*"):
+    for stale in path.parent.glob(temporary_prefix(path) + "*"):
         try:
             stale.unlink()
         except OSError:  # gone already, or not ours to delete: the next save tries again
@@ -58,17 +53,9 @@ def write_snapshot(path: Path | str, meta: dict, arrays: dict[str, np.ndarray]) 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
-    except OSError as err:
-        raise SnapshotError(f"cannot write the snapshot {path}: {err}") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
         raise SnapshotError(f"cannot write the snapshot {path}: {err}") from err
     return path
 

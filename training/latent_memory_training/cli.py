@@ -12,6 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
+from latent_memory_ros.atomic import atomic_path
+
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -268,9 +270,8 @@ def _keep_weights(model, data: dict, model_dir: Path) -> None:
 
     kept = {k: v for k, v in data.items() if k != "optimizer"}
     kept |= {"model_config": model.config.to_dict(), "model": model.state_dict()}
-    tmp = model_dir / (CHECKPOINT_IN_MODEL_DIR + ".tmp")
-    torch.save(kept, tmp)
-    tmp.replace(model_dir / CHECKPOINT_IN_MODEL_DIR)
+    with atomic_path(model_dir / CHECKPOINT_IN_MODEL_DIR) as tmp:
+        torch.save(kept, tmp)
 
 
 def _run_bench_accuracy(args: argparse.Namespace, cells: list[str]) -> int:

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from latent_memory_ros import cues, geometry
+from latent_memory_ros.atomic import atomic_path
 from latent_memory_ros.datasets import ReadOptions, find_runs, read_sequence
 from latent_memory_ros.model_format import ODOM_NONE, ODOM_ROTATION, ODOM_VALID
 from latent_memory_ros.runtime import CameraMotionFromOdometry
@@ -49,9 +50,8 @@ class PreparedSequence:
         return len(self.images)
 
     def save(self, path: Path) -> None:
-        tmp = Path(path).with_suffix(".tmp.npz")
-        np.savez(tmp, name=np.array(self.name), **{k: getattr(self, k) for k in _ARRAYS})
-        tmp.replace(path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, name=np.array(self.name), **{k: getattr(self, k) for k in _ARRAYS})
 
     @classmethod
     def load(cls, path: Path) -> PreparedSequence:

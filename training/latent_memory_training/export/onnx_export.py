@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from latent_memory_ros import cues as cue_defs
+from latent_memory_ros.atomic import atomic_path
 from latent_memory_ros.model_format import (
     NON_MEMORY_STATE,
     ODOM_NONE,
@@ -94,8 +95,7 @@ def model_intrinsics(width: int) -> list[float]:
 
 def _export(graph: nn.Module, inputs: tuple, path: Path, input_names, output_names) -> None:
     """One single-file, static-shape graph, written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad():
+    with atomic_path(path) as tmp, torch.no_grad():
         torch.onnx.export(
             graph.eval(),
             inputs,
@@ -108,7 +108,6 @@ def _export(graph: nn.Module, inputs: tuple, path: Path, input_names, output_nam
             optimize=True,
             verbose=False,
         )
-    tmp.replace(path)
 
 
 def export_model(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from latent_memory_ros.atomic import atomic_path
 from latent_memory_training.models.config import ModelConfig
 from latent_memory_training.models.student import LocalisationModel
 from latent_memory_training.training.config import TrainConfig
@@ -28,22 +29,21 @@ class Checkpoint:
 def save_checkpoint(path: Path, model: LocalisationModel, opt, ckpt: Checkpoint) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model_config": asdict(ckpt.model),
-            "train_config": asdict(ckpt.train),
-            "step": ckpt.step,
-            "best": ckpt.best,
-            "history": ckpt.history,
-            "teacher": ckpt.teacher,
-            "world_size": ckpt.world_size,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict() if opt is not None else None,
-        },
-        tmp,
-    )
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(
+            {
+                "model_config": asdict(ckpt.model),
+                "train_config": asdict(ckpt.train),
+                "step": ckpt.step,
+                "best": ckpt.best,
+                "history": ckpt.history,
+                "teacher": ckpt.teacher,
+                "world_size": ckpt.world_size,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict() if opt is not None else None,
+            },
+            tmp,
+        )
 
 
 def load_model(path: Path) -> tuple[LocalisationModel, dict]:
