@@ -103,6 +103,42 @@ def crop(texture_rgb: np.ndarray, k: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(texture_rgb[:, x : x + width])
 
 
+def image_msg(
+    texture_rgb: np.ndarray, k: int, width: int, stamp_ns: int, frame_id: str = "camera_optical"
+):
+    """Frame ``k`` of :func:`crop` as an rgb8 ``sensor_msgs/Image`` stamped ``stamp_ns``."""
+    from builtin_interfaces.msg import Time
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from latent_memory_ros.conversions import stamp_from_ns
+
+    height = texture_rgb.shape[0]
+    return Image(
+        header=Header(stamp=stamp_from_ns(stamp_ns, Time), frame_id=frame_id),
+        height=height,
+        width=width,
+        encoding="rgb8",
+        step=width * 3,
+        data=crop(texture_rgb, k, width).tobytes(),
+    )
+
+
+def odometry_msg(x: float, stamp_ns: int):
+    """``nav_msgs/Odometry`` of base_link at ``x`` metres along odom's x axis."""
+    from builtin_interfaces.msg import Time
+    from nav_msgs.msg import Odometry
+    from std_msgs.msg import Header
+
+    from latent_memory_ros.conversions import stamp_from_ns
+
+    stamp = stamp_from_ns(stamp_ns, Time)
+    odom = Odometry(header=Header(stamp=stamp, frame_id="odom"), child_frame_id="base_link")
+    odom.pose.pose.position.x = x
+    odom.pose.pose.orientation.w = 1.0
+    return odom
+
+
 def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 99)) -> list[float]:
     if len(values) == 0:
         return [float("nan")] * len(qs)

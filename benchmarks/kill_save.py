@@ -28,7 +28,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, crop, isolate_dds, start_node, stop_node, texture, write_json
+from common import (
+    REPO,
+    image_msg,
+    isolate_dds,
+    start_node,
+    stop_node,
+    texture,
+    write_json,
+)
 from common import spin_until as common_spin_until
 
 IMAGE_TOPIC = "/kill_save/image_raw"
@@ -48,14 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
 
     import rclpy
-    from builtin_interfaces.msg import Time
     from geometry_msgs.msg import PoseStamped
     from rclpy.qos import QoSProfile, QoSReliabilityPolicy
     from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
     from std_srvs.srv import Trigger
 
-    from latent_memory_ros.conversions import stamp_from_ns, stamp_to_ns
+    from latent_memory_ros.conversions import stamp_to_ns
     from latent_memory_ros.snapshots import SnapshotError, read_snapshot
 
     spec = json.loads((args.model / "model.json").read_text())
@@ -132,15 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.frames):
                 stamp_ns = 1_000 * 10**9 + stamp_k * 33_333_333
                 stamp_k += 1
-                image = Image(
-                    header=Header(stamp=stamp_from_ns(stamp_ns, Time), frame_id="camera"),
-                    height=HEIGHT,
-                    width=WIDTH,
-                    encoding="rgb8",
-                    step=WIDTH * 3,
-                    data=crop(tex, stamp_k, WIDTH).tobytes(),
-                )
-                image_pub.publish(image)
+                image_pub.publish(image_msg(tex, stamp_k, WIDTH, stamp_ns, frame_id="camera"))
                 spin_until(lambda s=stamp_ns: s in answered, 20.0)
             futures = [save.call_async(Trigger.Request()) for _ in range(args.saves)]
             mid_write = r % 2 == 0

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from common import (
-    crop,
+    image_msg,
     isolate_dds,
+    odometry_msg,
     percentiles,
     rss_mb,
     start_node,
@@ -60,15 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.size.split("x"))
 
     import rclpy
-    from builtin_interfaces.msg import Time
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
     from nav_msgs.msg import Odometry
     from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
 
-    from latent_memory_ros.conversions import stamp_from_ns, stamp_to_ns
+    from latent_memory_ros.conversions import stamp_to_ns
 
     params = [
         f"image_topic:={IMAGE_TOPIC}",
@@ -107,21 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         k = frame_index[0]
         frame_index[0] += 1
         stamp_ns = 1_000 * 10**9 + k * STAMP_STEP_NS
-        stamp = stamp_from_ns(stamp_ns, Time)
-        odom = Odometry(header=Header(stamp=stamp, frame_id="odom"), child_frame_id="base_link")
-        odom.pose.pose.position.x = 0.002 * k
-        odom.pose.pose.orientation.w = 1.0
-        image = Image(
-            header=Header(stamp=stamp, frame_id="camera_optical"),
-            height=height,
-            width=width,
-            encoding="rgb8",
-            step=width * 3,
-            data=crop(tex, k, width).tobytes(),
-        )
-        odom_pub.publish(odom)
+        odom_pub.publish(odometry_msg(0.002 * k, stamp_ns))
         sent_at[stamp_ns] = time.monotonic()
-        image_pub.publish(image)
+        image_pub.publish(image_msg(tex, k, width, stamp_ns))
         return stamp_ns
 
     def lock_step(n: int) -> list[float]:

@@ -32,7 +32,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, crop, isolate_dds, percentiles, rss_mb, stop_node, texture, write_json
+from common import (
+    REPO,
+    crop,
+    image_msg,
+    isolate_dds,
+    odometry_msg,
+    percentiles,
+    rss_mb,
+    stop_node,
+    texture,
+    write_json,
+)
 from common import spin_until as common_spin_until
 
 NAME = "soak_node"
@@ -190,16 +201,14 @@ def main(argv: list[str] | None = None) -> None:
     width, height = (int(v) for v in args.size.split("x"))
 
     import rclpy
-    from builtin_interfaces.msg import Time
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
     from nav_msgs.msg import Odometry
     from nav_msgs.msg import Path as PathMsg
     from rclpy.qos import QoSProfile, QoSReliabilityPolicy
     from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
 
-    from latent_memory_ros.conversions import stamp_from_ns, stamp_to_ns
+    from latent_memory_ros.conversions import stamp_to_ns
 
     node_process, log = start_node(args)
     rclpy.init()
@@ -248,21 +257,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.frames} frames {width}x{height} lock-step, timeout {args.timeout} s")
         for k in range(args.frames):
             stamp_ns = start_ns + k * 33_333_333
-            stamp = stamp_from_ns(stamp_ns, Time)
-            odom = Odometry(header=Header(stamp=stamp, frame_id="odom"), child_frame_id="base_link")
-            odom.pose.pose.position.x = 0.01 * k
-            odom.pose.pose.orientation.w = 1.0
-            image = Image(
-                header=Header(stamp=stamp, frame_id="camera_optical"),
-                height=height,
-                width=width,
-                encoding="rgb8",
-                step=width * 3,
-                data=crop(tex, k, width).tobytes(),
-            )
-            odom_pub.publish(odom)
+            odom_pub.publish(odometry_msg(0.01 * k, stamp_ns))
             sent = time.monotonic()
-            image_pub.publish(image)
+            image_pub.publish(image_msg(tex, k, width, stamp_ns))
             if spin_until(lambda s=stamp_ns: s in answered, args.timeout):
                 trips.append(1e3 * (answered[stamp_ns] - sent))
             else:

@@ -24,7 +24,6 @@ import argparse
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -55,6 +54,11 @@ from latent_memory_ros.replay import BagPlayer, use_large_message_transport
 from latent_memory_ros.tum import write_trajectory
 
 REPO = Path(__file__).resolve().parent.parent
+# The benchmarks' helpers for the node as a child process (SIGINT as ros2 launch sends
+# it, then SIGKILL) serve the demo too; both are scripts beside the package.
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import stop_node  # noqa: E402
+
 NODE_NAME = "latent_memory_node"
 IMAGE_TOPIC = BAG_IMAGE_TOPIC
 ODOM_TOPIC = "/odom"
@@ -120,16 +124,6 @@ def start_node(model_dir: Path, base_to_camera: np.ndarray, log_path: Path) -> s
         return subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-
-
-def stop_node(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def query_frames(run: BagRun) -> list[tuple[float, np.ndarray]]:

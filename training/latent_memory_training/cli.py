@@ -29,6 +29,18 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def count(text: str) -> int:
+    """A flag that counts something (processes, frames, steps, slots): a whole number of
+    at least 1, refused at parse time (``--query-every 0`` once divided by zero)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
 def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """One flag per field of the dataclass ``cls``, typed like its default; a field's
     ``metadata["choices"]`` limits its values."""
@@ -413,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_reader_arguments(p)
         p.add_argument("--out", type=Path, required=True, help="folder for checkpoints")
         p.add_argument("--resume", type=Path, help="checkpoint to resume from (last.pt)")
-        p.add_argument("--jobs", type=int, default=1, help="processes preparing uncached data")
+        p.add_argument("--jobs", type=count, default=1, help="processes preparing uncached data")
         _add_dataclass_arguments(p, ModelConfig, "model-")
         _add_dataclass_arguments(p, TrainConfig)
         _add_dataclass_arguments(p, WorldConfig, "world-")
@@ -448,8 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", type=Path, help="train renders (*.npz): also train every cell")
     bench.add_argument("--val", type=Path, help="validation renders (*.npz)")
     bench.add_argument("--test", type=Path, help="held-out renders (*.npz)")
-    bench.add_argument("--train-steps", type=int, default=100, help="training budget per cell")
-    bench.add_argument("--test-sequences", type=int, default=2, help="held-out sequences used")
+    bench.add_argument("--train-steps", type=count, default=100, help="training budget per cell")
+    bench.add_argument("--test-sequences", type=count, default=2, help="held-out sequences used")
     bench.add_argument(
         "--distill",
         action="store_true",
@@ -458,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--teacher", type=Path, help="teacher checkpoint for --distill (default: train one)"
     )
-    bench.add_argument("--jobs", type=int, default=2, help="processes for data and evaluation")
+    bench.add_argument("--jobs", type=count, default=2, help="processes for data and evaluation")
     bench.add_argument(
         "--full",
         action="store_true",
@@ -479,9 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--data", type=Path, required=True, help="held-out renders (*.npz)")
     compare.add_argument("--out", type=Path, required=True, help="JSON file for the results")
     compare.add_argument("--limit", type=int, default=0, help="only the first N sequences")
-    compare.add_argument("--jobs", type=int, default=1, help="processes preparing data")
-    compare.add_argument("--query-every", type=int, default=150, help="frames between queries")
-    compare.add_argument("--query-min-gap", type=int, default=30, help="frames back at least")
+    compare.add_argument("--jobs", type=count, default=1, help="processes preparing data")
+    compare.add_argument("--query-every", type=count, default=150, help="frames between queries")
+    compare.add_argument("--query-min-gap", type=count, default=30, help="frames back at least")
 
     place = sub.add_parser(
         "place",
@@ -504,12 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="long validation runs (folders) with revisits: choose how revisits pull the pose",
     )
     place.add_argument("--out", type=Path, required=True, help="the new checkpoint (.pt)")
-    place.add_argument("--slots", type=int, default=128, help="place slots in the memory")
-    place.add_argument("--dim", type=int, default=32, help="size of a view's descriptor")
-    place.add_argument("--steps", type=int, default=1500, help="contrastive training steps")
-    place.add_argument("--every", type=int, default=2, help="train on every N-th frame")
+    place.add_argument("--slots", type=count, default=128, help="place slots in the memory")
+    place.add_argument("--dim", type=count, default=32, help="size of a view's descriptor")
+    place.add_argument("--steps", type=count, default=1500, help="contrastive training steps")
+    place.add_argument("--every", type=count, default=2, help="train on every N-th frame")
     place.add_argument("--seed", type=int, default=0)
-    place.add_argument("--threads", type=int, default=1)
+    place.add_argument("--threads", type=count, default=1)
 
     heldout = sub.add_parser("heldout", help="held-out accuracy of an exported model and baselines")
     heldout.add_argument("--model", type=Path, required=True)
@@ -519,11 +531,14 @@ def build_parser() -> argparse.ArgumentParser:
     heldout.add_argument("--out", type=Path, required=True, help="JSON file for the results")
     heldout.add_argument("--no-mirror", action="store_true", help="skip the mirrored copies")
     heldout.add_argument("--limit", type=int, default=0, help="only the first N sequences")
-    heldout.add_argument("--jobs", type=int, default=1, help="worker processes")
+    heldout.add_argument("--jobs", type=count, default=1, help="worker processes")
     heldout.add_argument(
-        "--query-every", type=int, default=30, help="frames between the earlier frames asked about"
+        "--query-every",
+        type=count,
+        default=30,
+        help="frames between the earlier frames asked about",
     )
-    heldout.add_argument("--query-min-gap", type=int, default=30, help="frames back at least")
+    heldout.add_argument("--query-min-gap", type=count, default=30, help="frames back at least")
     for p in (heldout, compare, bench):
         p.add_argument(
             "--no-ablation",

@@ -35,6 +35,17 @@ def test_a_value_outside_the_choices_is_refused(capsys: pytest.CaptureFixture) -
     assert "invalid choice: 'annealed'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("value", "why"), [("0", "expected 1 or more, got 0"), ("x", "whole")])
+def test_a_count_below_one_is_refused_at_parse_time(
+    value: str, why: str, capsys: pytest.CaptureFixture
+) -> None:
+    heldout = ["heldout", "--model", "m", "--data", "d", "--out", "o.json"]
+    assert build_parser().parse_args([*heldout, "--query-every", "5"]).query_every == 5
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*heldout, "--query-every", value])  # once divided by zero
+    assert why in capsys.readouterr().err
+
+
 def test_every_configuration_flag_has_help(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["fit", "--help"])
