@@ -525,6 +525,33 @@ def test_every_node_parameter_is_in_the_config_with_its_default() -> None:
         assert parameter.description.strip(), f"{parameter.name} has no description"
 
 
+# What the installed code imports that is not its own nor the standard library: the
+# Python packages with a rosdep key, the ones pip installs (requirements.txt), and
+# everything else, which is a ROS package and must be an exec_depend.
+PYTHON_ROSDEP_KEYS = {
+    "numpy": "python3-numpy",
+    "cv2": "python3-opencv",
+    "scipy": "python3-scipy",
+    "yaml": "python3-yaml",
+}
+PIP_ONLY = {"onnxruntime", "rosbags", "evo", "matplotlib", "tqdm"}
+PIP_NAMES = {"onnxruntime": "onnxruntime-gpu"}
+
+
+def imported_dependencies() -> tuple[set[str], set[str]]:
+    """(ROS packages, Python packages) imported by the package and the launch file."""
+    modules = set()
+    for path in [*(REPO / PACKAGE).glob("*.py"), LAUNCH_FILE]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    modules -= {PACKAGE, "__future__", *sys.stdlib_module_names}
+    python = modules & (set(PYTHON_ROSDEP_KEYS) | PIP_ONLY)
+    return modules - python, python
+
+
 def test_package_xml_is_format_3_with_the_runtime_dependencies(
     setup_kwargs: dict[str, Any],
 ) -> None:
@@ -537,20 +564,11 @@ def test_package_xml_is_format_3_with_the_runtime_dependencies(
     assert root.find("maintainer").get("email")
     assert root.findtext("export/build_type") == "ament_python"
     exec_depends = {e.text for e in root.findall("exec_depend")}
-    assert {
-        "rclpy",
-        "sensor_msgs",
-        "geometry_msgs",
-        "nav_msgs",
-        "std_srvs",
-        "diagnostic_msgs",
-        "visualization_msgs",
-        "cv_bridge",
-        "tf2_ros",
-        "launch_ros",
-        "python3-numpy",
-        "python3-opencv",
-    } <= exec_depends
+    ros, python = imported_dependencies()
+    assert exec_depends == ros | {PYTHON_ROSDEP_KEYS[m] for m in python if m in PYTHON_ROSDEP_KEYS}
+    requirements = (REPO / "requirements.txt").read_text()
+    for module in python - set(PYTHON_ROSDEP_KEYS):  # no rosdep key: pip installs them
+        assert re.search(rf"^{PIP_NAMES.get(module, module)}\b", requirements, re.M), module
     test_depends = {e.text for e in root.findall("test_depend")}
     assert {"ament_copyright", "ament_flake8", "ament_pep257", "python3-pytest"} <= test_depends
 
