@@ -266,7 +266,6 @@ class Localizer:
         self.runtime = runtime
         self.config = config
         self._odom = OdometryBuffer()
-        self._camera_motion = CameraMotionFromOdometry(config.base_to_camera)
         self._health = VisionHealth()
         self._tracking = TrackingMonitor(config, runtime.spec.tracking)
         self.set_base_to_camera(config.base_to_camera)
@@ -353,9 +352,8 @@ class Localizer:
         frame after a time jump (nothing changes then)."""
         events: list[tuple[EventKind, str]] = []
         restart = self._check_time(stamp_ns, events)
-        dt = None
-        if self._last_stamp_ns is not None:
-            dt = (stamp_ns - self._last_stamp_ns) * 1e-9
+        last = self._last_stamp_ns
+        dt = None if last is None else (stamp_ns - last) * 1e-9
 
         motion = None
         if use_odometry:
@@ -406,7 +404,7 @@ class Localizer:
         # (a first frame has no motion to get wrong)
         expects_odometry = self.runtime.spec.uses_odom and self.runtime.frames > 1
         self._tracking.update(sigma, stamp_ns, fault, motion is not None, expects_odometry)
-        pose_cov, twist_cov = self._covariance, twist_cov
+        pose_cov = self._covariance
         if self.tracking is TrackingState.LOST:
             pose_cov = twist_cov = np.eye(6) * LOST_VARIANCE
 
