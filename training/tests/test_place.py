@@ -24,7 +24,12 @@ from latent_memory_training.models.place import (
     place_contrastive_loss,
 )
 from latent_memory_training.models.so3 import relative
-from latent_memory_training.training.place import REVISIT_GRID, describe_run, replay_revisits
+from latent_memory_training.training.place import (
+    REVISIT_GRID,
+    REVISIT_PERFECT_ODOMETRY_M,
+    describe_run,
+    replay_revisits,
+)
 from latent_memory_training.training.rollout import rollout_runs
 
 SLOTS, DIM = 4, 8
@@ -260,7 +265,17 @@ def test_the_place_command_adds_a_calibrated_place_memory_to_a_checkpoint(data, 
     measured = saved["history"][-1]["place"]
     assert 0.0 <= measured["recognition_recall"] <= 1.0
     assert float(model.place.write_below) == pytest.approx(measured["write_below"])
-    assert len(measured["revisits"]["trials"]) == 2 * (1 + len(REVISIT_GRID))  # none + grid
+    revisits = measured["revisits"]
+    assert len(revisits["trials"]) == 2 * (1 + len(REVISIT_GRID))  # none + grid
+    # With odometry every setting is also replayed with perfect odometry, and the one
+    # chosen (if any) keeps within what that may add.
+    tried = [t for t in revisits["trials"] if t["odometry"] and "loop_above" in t]
+    assert len(tried) == len(REVISIT_GRID)
+    assert all(t["perfect_odometry_worst_ate_m"] >= t["perfect_odometry_ate_m"] >= 0 for t in tried)
+    names = ("loop_above", "loop_gain", "loop_margin")
+    for t in tried:
+        if all(np.isclose(t[k], revisits[k][0]) for k in names):  # the chosen one
+            assert t["perfect_odometry_ate_m"] <= REVISIT_PERFECT_ODOMETRY_M
     meta = json.loads((export_model(model, tmp_path / "m", "m") / "model.json").read_text())
     assert meta["query"]["outputs"][-1] == "seen"
 
