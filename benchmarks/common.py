@@ -74,6 +74,20 @@ def spin_until(node, condition, timeout: float, period: float = 0.002) -> bool:
     return True
 
 
+def wait_for_node(node, publishers, name: str, log: str, timeout: float = 60.0) -> None:
+    """Spin ``node`` until the node ``name`` subscribes to every one of ``publishers``
+    and publishes its pose, then 1 s more for discovery to settle both ways; SystemExit
+    naming the node's log if it does not within ``timeout`` s."""
+
+    def connected() -> bool:
+        subscribed = all(p.get_subscription_count() > 0 for p in publishers)
+        return subscribed and node.count_publishers(f"/{name}/pose") > 0
+
+    if not spin_until(node, connected, timeout):
+        raise SystemExit(f"the node did not connect; its log: {log}")
+    spin_until(node, lambda: False, 1.0)
+
+
 def stop_node(process: subprocess.Popen) -> int | None:
     """SIGINT (what ros2 launch sends), SIGKILL after 10 s; the exit code."""
     if process.poll() is None:

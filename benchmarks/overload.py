@@ -36,6 +36,7 @@ from common import (
     start_node,
     stop_node,
     texture,
+    wait_for_node,
     write_json,
 )
 from common import spin_until as common_spin_until
@@ -127,16 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict = {"size": args.size, "frames": args.frames, "stamp_step_ms": STAMP_STEP_NS / 1e6}
     try:
-        if not spin_until(
-            lambda: (
-                image_pub.get_subscription_count() > 0
-                and odom_pub.get_subscription_count() > 0
-                and node.count_publishers(f"/{NAME}/pose") > 0
-            ),
-            60.0,
-        ):
-            raise SystemExit(f"the node did not connect; its log: {log}")
-        spin_until(lambda: False, 1.0)
+        wait_for_node(node, [image_pub, odom_pub], NAME, log)
         lock_step(10)  # warm-up
         trips = lock_step(args.capacity_frames)
         service_s = float(np.median(trips))

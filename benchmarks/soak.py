@@ -42,6 +42,7 @@ from common import (
     rss_mb,
     stop_node,
     texture,
+    wait_for_node,
     write_json,
 )
 from common import spin_until as common_spin_until
@@ -240,16 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         return common_spin_until(node, condition, timeout, 0.002)
 
     try:
-        if not spin_until(
-            lambda: (
-                image_pub.get_subscription_count() > 0
-                and odom_pub.get_subscription_count() > 0
-                and node.count_publishers(f"/{NAME}/pose") > 0
-            ),
-            60.0,
-        ):
-            raise SystemExit(f"the node did not connect; its log: {log}")
-        spin_until(lambda: False, 1.0)
+        wait_for_node(node, [image_pub, odom_pub], NAME, log)
         tex = texture(width, height)
         rows, trips, lost, window_start = [], [], 0, time.monotonic()
         started = window_start

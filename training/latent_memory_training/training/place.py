@@ -54,9 +54,10 @@ MAX_SLOT_SHARE = 0.4
 # setting 1.03x on the worst of 20 validation runs that was 1.45x its odometry on an
 # unseen run). And with the runs' odometry made perfect (their true motion), where every
 # pull can only add error, it may add at most REVISIT_PERFECT_ODOMETRY_M of ATE on
-# average: a matched view is not the same pose (at a cosine of 0.95 the true offset to the
-# slot's view is 0.06 m / 3.1 degrees at the median, 0.37 m / 9.3 at the 90th percentile;
-# at 0.98, 0.02 m / 1.7 and 0.10 m / 3.7), so on a robot whose odometry is better than
+# average: a matched view is not the same pose (on 40 long validation runs, at a cosine
+# of 0.95-0.96 the true offset to the slot's view is 0.06 m / 3.3 degrees at the median,
+# 0.38 m / 9.2 at the 90th percentile; at 0.98-0.99, 0.02 m / 1.7 and 0.11 m / 4.3; at
+# 0.99 and above, 0.01 m / 1.0 and 0.04 m / 2.7), so on a robot whose odometry is better than
 # the validation runs' a pull toward the slot moves it away from the truth. 2 cm keeps an
 # odometry good to 4 cm within about 1.1x (errors adding in quadrature);
 # docs/benchmarks.md, "Revisits with perfect odometry".
