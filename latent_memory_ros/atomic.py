@@ -5,7 +5,9 @@ sees the old file or the new one, never half of one.
 Every writer gets its own temporary (``.<name>.<random>.tmp``): two processes writing
 the same file at once (the ranks of a distributed run preparing one shared cache) must
 not write into each other's temporary; a fixed ``<name>.tmp`` did exactly that and left
-a cache with a bad CRC."""
+a cache with a bad CRC. The file gets the mode a plain ``open`` would give it (0666 less
+the umask), not mkstemp's 0600: a model exported by one user is read by the node running
+as another."""
 
 from __future__ import annotations
 
@@ -16,6 +18,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["atomic_path", "temporary_prefix"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set back at once (import time, one thread)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
 
 
 def temporary_prefix(path: Path) -> str:
@@ -34,6 +45,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, FILE_MODE)
     try:
         yield tmp
         with open(tmp, "rb") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import stat
 
 import numpy as np
 import pytest
@@ -19,6 +20,15 @@ def test_two_writers_of_one_file_at_once_each_publish_a_whole_file(tmp_path):
         second.write_bytes(b"second")
     assert target.read_bytes() == b"first"  # the outer block ends last
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_the_file_gets_the_mode_open_would_give_not_mkstemps_private_one(tmp_path):
+    target = tmp_path / "step.onnx"
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"x")
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
 
 
 def test_an_error_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -12,6 +12,7 @@ from parity import camera_frames, perturbed_model, stepped
 
 from latent_memory_ros import geometry
 from latent_memory_ros.cues import CUE_DIM
+from latent_memory_ros.evaluation import trajectory_metrics
 from latent_memory_ros.messages import UNSEEN_VARIANCE, query_answer
 from latent_memory_ros.model_format import ODOM_NONE
 from latent_memory_ros.runtime import StudentRuntime
@@ -27,6 +28,7 @@ from latent_memory_training.models.so3 import relative
 from latent_memory_training.training.place import (
     REVISIT_GRID,
     REVISIT_PERFECT_ODOMETRY_M,
+    REVISIT_SAFE_RATIO,
     describe_run,
     replay_revisits,
 )
@@ -243,6 +245,32 @@ def test_replaying_revisits_over_a_plain_rollout_is_a_rollout_with_them(place_ex
     assert np.abs(with_revisits - plain).max() > 1e-3  # the revisits did something
     replayed = replay_revisits(model, describe_run(model, seq), plain, use_odom=False)
     assert np.abs(replayed - with_revisits).max() < 1e-4
+
+
+def test_a_long_run_without_a_revisit_replays_to_itself_within_the_safe_ratio(place_export):
+    """ "No run worse" compares a replay (float32 re-integration) with the plain rollout:
+    a run that takes no revisit must pass it, not be refused for rounding."""
+    model, _ = place_export
+    rng = np.random.default_rng(0)
+    n = 1800
+    steps = np.zeros((n - 1, 7))
+    steps[:, 0] = 0.01  # forward 1 cm a frame, turning a little: a drifting odometry
+    steps[:, 3:7] = [[0, 0, np.sin(a / 2), np.cos(a / 2)] for a in rng.normal(0.003, 0.002, n - 1)]
+    poses = [geometry.IDENTITY]
+    for step in steps:
+        poses.append(geometry.compose(poses[-1], step))
+    poses = np.stack(poses)
+    truth = poses.copy()
+    truth[:, :2] *= 1.1  # the truth is elsewhere, so the ATE is not zero
+    descriptors = torch.nn.functional.normalize(torch.randn(n, model.place.dim), dim=1)
+    gain = model.place.loop_gain.clone()
+    model.place.loop_gain.zero_()  # no pull: exactly what a setting that never matches does
+    replayed = replay_revisits(model, descriptors, poses, use_odom=True)
+    model.place.loop_gain.copy_(gain)
+    stamps = np.arange(n) / 30.0
+    ate = [trajectory_metrics(stamps, p, stamps, truth)["ate_rmse_m"] for p in (replayed, poses)]
+    assert ate[0] != ate[1]  # the rounding is there (here 1 - 1e-5): why not exactly 1.0
+    assert 1 / REVISIT_SAFE_RATIO <= ate[0] / ate[1] <= REVISIT_SAFE_RATIO
 
 
 def test_the_place_command_adds_a_calibrated_place_memory_to_a_checkpoint(data, tmp_path):
