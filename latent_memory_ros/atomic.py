@@ -45,8 +45,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
-    os.chmod(tmp, FILE_MODE)
     try:
+        os.chmod(tmp, FILE_MODE)
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
